@@ -1,0 +1,280 @@
+"""The DQN trainer as pure JAX functions: act on all envs, store, learn — one device, one agent.
+
+Deep Q-learning with experience replay and a target network, after Mnih et al. (2013), "Playing Atari
+with Deep Reinforcement Learning" (and the target network of Mnih et al. 2015), vectorized: every
+`train_step` steps `num_envs` gymnax environments at once with epsilon-greedy actions, writes their
+transitions into an on-device replay buffer, then takes `updates_per_step` gradient updates.
+
+Layers (see the README): `init` and `train_step` are plain functions without `jax.jit` (layer 1);
+`run_chunk` scans `train_step` (layer 2, the jit boundary, applied by the caller); `jaxdqn.parallel`
+runs the same functions under `shard_map` over devices, passing `axis_name` so that gradients and
+metrics are averaged over devices (brax's pattern: one code path for one device and many).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxdqn import buffer as replay
+from jaxdqn import losses
+from jaxdqn.config import HParams, TrainConfig
+
+
+class TrainerState(struct.PyTreeNode):
+    """Everything the training loop carries; one device's share of it."""
+
+    params: Any
+    target_params: Any
+    opt_state: Any
+    buffer: replay.ReplayBuffer
+    env_state: Any  # [local_envs] gymnax env states
+    obs: jnp.ndarray  # [local_envs, *obs_shape]
+    episode_return: jnp.ndarray  # [local_envs] return of each env's current episode so far
+    episode_length: jnp.ndarray  # [local_envs]
+    key: jax.Array
+    iteration: jnp.ndarray  # int32 vector steps done; env steps = iteration * num_envs (no overflow)
+    updates: jnp.ndarray  # int32 gradient updates done
+    hparams: HParams
+
+
+class StepMetrics(struct.PyTreeNode):
+    """What one `train_step` reports; `run_chunk` sums these over the chunk and the devices."""
+
+    loss_sum: jnp.ndarray  # sum of the losses of this step's gradient updates
+    num_updates: jnp.ndarray
+    return_sum: jnp.ndarray  # sum of the returns of the episodes that ended at this step
+    length_sum: jnp.ndarray
+    num_episodes: jnp.ndarray
+
+
+class ChunkMetrics(struct.PyTreeNode):
+    loss: jnp.ndarray  # mean over the chunk's gradient updates (nan if none)
+    train_return: jnp.ndarray  # mean return of the episodes that ended in the chunk (nan if none)
+    train_length: jnp.ndarray
+    episodes: jnp.ndarray
+    epsilon: jnp.ndarray  # at the end of the chunk
+    iteration: jnp.ndarray
+    updates: jnp.ndarray
+
+
+class DQN:
+    """The static parts of a run (config, env, network, optimizer) and the pure functions over them.
+
+    Args:
+      config: the run's settings; `num_envs` and `batch_size` are global and split over `num_devices`.
+      env, env_params: a gymnax environment and its parameters.
+      network: a flax module mapping `[batch, *obs_shape]` to `[batch, num_actions]`.
+      num_devices: devices the run is sharded over (1: no collectives).
+      axis_name: the mesh axis to average gradients and metrics over, or None on one device.
+    """
+
+    def __init__(self, config: TrainConfig, env, env_params, network: nn.Module, num_devices: int = 1,
+                 axis_name: str | None = None):
+        self.config = config
+        self.env = env
+        self.env_params = env_params
+        self.network = network
+        self.num_devices = num_devices
+        self.axis_name = axis_name
+        self.local_envs = config.num_envs // num_devices
+        self.local_batch = max(1, config.batch_size // num_devices)
+        self.num_actions = env.action_space(env_params).n
+        self.learning_starts_iteration = -(-config.learning_starts // config.num_envs)
+
+    # Construction ----------------------------------------------------------------------------
+    def make_optimizer(self, lr) -> optax.GradientTransformation:
+        return optax.chain(
+            optax.clip_by_global_norm(self.config.max_grad_norm),
+            optax.inject_hyperparams(optax.adam)(learning_rate=lr),
+        )
+
+    def init(self, key: jax.Array, hparams: HParams) -> TrainerState:
+        """Builds the initial state. Parameters depend on `key` only, so they match on every device."""
+        param_key, key = jax.random.split(key)
+        if self.axis_name is not None:  # envs, exploration and sampling differ per device
+            key = jax.random.fold_in(key, jax.lax.axis_index(self.axis_name))
+        reset_key, key = jax.random.split(key)
+        obs, env_state = jax.vmap(self.env.reset, in_axes=(0, None))(
+            jax.random.split(reset_key, self.local_envs), self.env_params
+        )
+        params = self.network.init(param_key, obs[:1])
+        example = replay.Transition(
+            obs=obs,
+            action=jnp.zeros(self.local_envs, jnp.int32),
+            reward=jnp.zeros(self.local_envs, jnp.float32),
+            next_obs=obs,
+            terminated=jnp.zeros(self.local_envs, jnp.bool_),
+        )
+        return TrainerState(
+            params=params,
+            target_params=params,
+            opt_state=self.make_optimizer(hparams.lr).init(params),
+            buffer=replay.init(self.config.buffer_rows, example),
+            env_state=env_state,
+            obs=obs,
+            episode_return=jnp.zeros(self.local_envs, jnp.float32),
+            episode_length=jnp.zeros(self.local_envs, jnp.int32),
+            key=key,
+            iteration=jnp.int32(0),
+            updates=jnp.int32(0),
+            hparams=hparams,
+        )
+
+    # Acting ----------------------------------------------------------------------------------
+    def epsilon(self, iteration: jnp.ndarray, hparams: HParams) -> jnp.ndarray:
+        """Linear decay from eps to min_eps over `eps_decay_steps` env steps, then constant."""
+        env_steps = iteration.astype(jnp.float32) * self.config.num_envs
+        fraction = jnp.clip(env_steps / self.config.eps_decay_steps, 0.0, 1.0)
+        return hparams.eps + fraction * (hparams.min_eps - hparams.eps)
+
+    def select_actions(self, params, obs: jnp.ndarray, key: jax.Array, epsilon: jnp.ndarray) -> jnp.ndarray:
+        """Epsilon-greedy actions `[batch]` for observations `[batch, *obs_shape]`."""
+        explore_key, action_key = jax.random.split(key)
+        greedy = jnp.argmax(self.network.apply(params, obs), axis=-1).astype(jnp.int32)
+        random_actions = jax.random.randint(action_key, greedy.shape, 0, self.num_actions, jnp.int32)
+        explore = jax.random.uniform(explore_key, greedy.shape) < epsilon
+        return jnp.where(explore, random_actions, greedy)
+
+    # Learning --------------------------------------------------------------------------------
+    def loss(self, params, target_params, batch: replay.Transition, gamma: jnp.ndarray) -> jnp.ndarray:
+        """Mean TD loss of a batch (Double DQN targets when `config.double`)."""
+        batch_size = batch.action.shape[0]
+        if self.config.double:  # one forward pass of the online network over s and s'
+            q_both = self.network.apply(params, jnp.concatenate([batch.obs, batch.next_obs]))
+            q, next_q_online = q_both[:batch_size], jax.lax.stop_gradient(q_both[batch_size:])
+        else:
+            q, next_q_online = self.network.apply(params, batch.obs), None
+        next_q_target = self.network.apply(target_params, batch.next_obs)
+        targets = losses.batch_targets(batch.reward, batch.terminated, gamma, next_q_target, next_q_online)
+        errors = losses.batch_td_error(q, batch.action, targets)
+        return jnp.mean(losses.td_loss(errors, self.config.loss))
+
+    def update(self, state: TrainerState, key: jax.Array) -> tuple[TrainerState, jnp.ndarray]:
+        """One gradient update on a sampled batch, then the periodic target-network update."""
+        batch = replay.sample(state.buffer, key, self.local_batch)
+        loss, grads = jax.value_and_grad(self.loss)(state.params, state.target_params, batch, state.hparams.gamma)
+        if self.axis_name is not None:
+            grads, loss = jax.lax.pmean((grads, loss), self.axis_name)
+        param_updates, opt_state = self.make_optimizer(state.hparams.lr).update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, param_updates)
+        updates = state.updates + 1
+        target_params = jax.lax.cond(
+            updates % self.config.target_update_frequency == 0,
+            lambda: optax.incremental_update(params, state.target_params, state.hparams.tau),
+            lambda: state.target_params,
+        )
+        return state.replace(params=params, target_params=target_params, opt_state=opt_state, updates=updates), loss
+
+    def learn(self, state: TrainerState, key: jax.Array) -> tuple[TrainerState, jnp.ndarray]:
+        """`updates_per_step` gradient updates; returns the summed loss."""
+        state, step_losses = jax.lax.scan(self.update, state, jax.random.split(key, self.config.updates_per_step))
+        return state, jnp.sum(step_losses)
+
+    # One iteration ---------------------------------------------------------------------------
+    def train_step(self, state: TrainerState) -> tuple[TrainerState, StepMetrics]:
+        """Acts on every env, stores the transitions, and learns once enough are collected."""
+        key, act_key, env_key, learn_key = jax.random.split(state.key, 4)
+        epsilon = self.epsilon(state.iteration, state.hparams)
+        action = self.select_actions(state.params, state.obs, act_key, epsilon)
+        next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
+            self.env.step, in_axes=(0, 0, 0, None)
+        )(jax.random.split(env_key, self.local_envs), state.env_state, action, self.env_params)
+        reward = reward.astype(jnp.float32)
+        # The stored next observation is the pre-reset one; only `terminated` cuts the bootstrap.
+        transition = replay.Transition(
+            obs=state.obs, action=action, reward=reward, next_obs=info["final_observation"], terminated=terminated
+        )
+        done = jnp.logical_or(terminated, truncated)
+        episode_return = state.episode_return + reward
+        episode_length = state.episode_length + 1
+        state = state.replace(
+            buffer=replay.add(state.buffer, transition),
+            env_state=env_state,
+            obs=next_obs,
+            episode_return=jnp.where(done, 0.0, episode_return),
+            episode_length=jnp.where(done, 0, episode_length),
+            key=key,
+            iteration=state.iteration + 1,
+        )
+        learned = state.iteration >= self.learning_starts_iteration
+        state, loss_sum = jax.lax.cond(
+            learned,
+            self.learn,
+            lambda s, _: (s, jnp.float32(0.0)),
+            state,
+            learn_key,
+        )
+        metrics = StepMetrics(
+            loss_sum=loss_sum,
+            num_updates=jnp.where(learned, self.config.updates_per_step, 0),
+            return_sum=jnp.sum(jnp.where(done, episode_return, 0.0)),
+            length_sum=jnp.sum(jnp.where(done, episode_length, 0)),
+            num_episodes=jnp.sum(done.astype(jnp.int32)),
+        )
+        return state, metrics
+
+    def run_chunk(self, state: TrainerState, num_iterations: int) -> tuple[TrainerState, ChunkMetrics]:
+        """`num_iterations` train steps in one `lax.scan` (the jit boundary); returns summed metrics."""
+        state, per_step = jax.lax.scan(lambda s, _: self.train_step(s), state, None, length=num_iterations)
+        totals = jax.tree.map(jnp.sum, per_step)
+        if self.axis_name is not None:  # episodes finish on every device; the loss is already averaged
+            episodes = jax.lax.psum((totals.return_sum, totals.length_sum, totals.num_episodes), self.axis_name)
+            totals = totals.replace(return_sum=episodes[0], length_sum=episodes[1], num_episodes=episodes[2])
+        num_episodes = totals.num_episodes.astype(jnp.float32)
+        metrics = ChunkMetrics(
+            loss=totals.loss_sum / jnp.where(totals.num_updates > 0, totals.num_updates, jnp.nan),
+            train_return=totals.return_sum / jnp.where(num_episodes > 0, num_episodes, jnp.nan),
+            train_length=totals.length_sum / jnp.where(num_episodes > 0, num_episodes, jnp.nan),
+            episodes=totals.num_episodes,
+            epsilon=self.epsilon(state.iteration, state.hparams),
+            iteration=state.iteration,
+            updates=state.updates,
+        )
+        return state, metrics
+
+    # Evaluation ------------------------------------------------------------------------------
+    def evaluate(self, params, key: jax.Array, num_episodes: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Runs `num_episodes` fresh greedy episodes in parallel; returns their returns and lengths."""
+        return evaluate_greedy(self.env, self.env_params, self.network, params, key, num_episodes)
+
+
+def evaluate_greedy(env, env_params, network: nn.Module, params, key: jax.Array, num_episodes: int,
+                    epsilon: float = 0.0) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Greedy (or epsilon-greedy) episodes, one per env, until each has ended once.
+
+    Returns:
+      `(returns, lengths)`, each `[num_episodes]`.
+    """
+    reset_key, key = jax.random.split(key)
+    obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, num_episodes), env_params)
+    num_actions = env.action_space(env_params).n
+
+    def not_finished(carry):
+        return ~jnp.all(carry[4])
+
+    def step(carry):
+        obs, env_state, returns, lengths, finished, key = carry
+        key, step_key, explore_key, action_key = jax.random.split(key, 4)
+        action = jnp.argmax(network.apply(params, obs), axis=-1).astype(jnp.int32)
+        if epsilon > 0.0:
+            random_actions = jax.random.randint(action_key, action.shape, 0, num_actions, jnp.int32)
+            action = jnp.where(jax.random.uniform(explore_key, action.shape) < epsilon, random_actions, action)
+        obs, env_state, reward, terminated, truncated, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+            jax.random.split(step_key, num_episodes), env_state, action, env_params
+        )
+        live = ~finished
+        returns = returns + jnp.where(live, reward.astype(jnp.float32), 0.0)
+        lengths = lengths + live.astype(jnp.int32)
+        finished = finished | terminated | truncated
+        return obs, env_state, returns, lengths, finished, key
+
+    carry = (obs, env_state, jnp.zeros(num_episodes, jnp.float32), jnp.zeros(num_episodes, jnp.int32),
+             jnp.zeros(num_episodes, jnp.bool_), key)
+    _, _, returns, lengths, _, _ = jax.lax.while_loop(not_finished, step, carry)
+    return returns, lengths

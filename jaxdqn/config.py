@@ -1,0 +1,217 @@
+"""The run's configuration: a frozen dataclass of static settings, its command-line form and checks.
+
+Shapes and counts (num_envs, buffer_size, batch_size, network sizes) are static and fixed at compile
+time; the numbers one may sweep or vmap (learning rate, gamma, epsilon, tau) also travel as traced
+leaves in `HParams`, so one compiled program serves many of them.
+
+The defaults are tuned for thousands of CartPole environments (see README, "Defaults for thousands of
+environments"): with 4096 envs each vector step brings 4096 transitions, so learning does several
+larger gradient updates per vector step rather than the single small one of a one-env DQN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+import jax.numpy as jnp
+from flax import struct
+
+from jaxdqn.registry import ConfigError, EnvSpec
+
+
+def _field(default: Any, help: str, *, flags: tuple[str, ...] = (), original: bool = False, cli: bool = True):
+    return dataclasses.field(
+        default=default, metadata={"help": help, "flags": flags, "original": original, "cli": cli}
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run. Frequencies name their unit; "env steps" count all envs."""
+
+    env: str = _field("CartPole-v1", "environment name: cartpole, any gymnax id, a registered port, "
+                      "or package.module:EnvClass", flags=("--environment",), original=True)
+    num_envs: int = _field(4096, "environments stepped in parallel (global, split over devices)")
+    total_steps: int = _field(3_000_000, "env steps to train for (all envs together)")
+    seed: int = _field(0, "random seed")
+    # Replay and learning.
+    buffer_size: int = _field(262_144, "replay capacity in transitions (global; a multiple of num_envs "
+                              "is kept)", original=True)
+    batch_size: int = _field(512, "transitions per gradient update (global)", original=True)
+    updates_per_step: int = _field(8, "gradient updates per vector step (one vector step = num_envs "
+                                   "env steps); sets the replay ratio")
+    learning_starts: int = _field(32_768, "env steps collected before the first gradient update")
+    lr: float = _field(1e-3, "Adam learning rate", original=True)
+    gamma: float = _field(0.99, "discount factor, in (0, 1]", original=True)
+    max_grad_norm: float = _field(10.0, "clip gradients to this global norm", original=True)
+    target_update_frequency: int = _field(128, "gradient updates between target-network updates",
+                                          original=True)
+    tau: float = _field(1.0, "target update weight: 1 copies the online network, <1 is Polyak averaging")
+    loss: str = _field("huber", "TD loss: huber (the original's smooth L1) or mse")
+    double: bool = _field(True, "Double DQN targets (van Hasselt et al. 2016)")
+    # Exploration.
+    eps: float = _field(1.0, "initial epsilon of epsilon-greedy exploration", original=True)
+    min_eps: float = _field(0.05, "final epsilon", original=True)
+    eps_decay_steps: int = _field(500_000, "env steps over which epsilon decays linearly to min_eps")
+    # Network.
+    hidden_sizes: tuple[int, ...] = _field((128, 128), "hidden layer widths of the MLP Q-network, "
+                                           "comma-separated")
+    layer_norm: bool = _field(True, "LayerNorm after each hidden layer of the Q-network")
+    # Host loop, evaluation, output.
+    chunk_steps: int = _field(131_072, "env steps per jitted chunk: one metrics row and progress update "
+                              "each (rounded to whole vector steps)")
+    eval_frequency: int = _field(131_072, "env steps between greedy evaluations (rounded up to chunks)")
+    eval_episodes: int = _field(128, "greedy episodes per evaluation, run in parallel")
+    until_solved: bool = _field(False, "stop at the first evaluation that reaches the env's threshold")
+    log_dir: str | None = _field(None, "output folder (default runs/<env>-<time>)")
+    # Devices (multi-device training).
+    num_devices: int | None = _field(None, "devices to shard envs and learning over (default: all)",
+                                     flags=("--n_workers",), original=True)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {field.name for field in dataclasses.fields(cls)}
+        values = {key: value for key, value in values.items() if key in known}
+        if "hidden_sizes" in values:
+            values["hidden_sizes"] = tuple(values["hidden_sizes"])
+        return cls(**values)
+
+    @property
+    def hparams(self) -> "HParams":
+        return HParams.from_config(self)
+
+    def validate(self) -> "TrainConfig":
+        """Checks the settings; raises ConfigError with a one-line reason."""
+        positive = ("num_envs", "total_steps", "buffer_size", "batch_size", "updates_per_step",
+                    "target_update_frequency", "eps_decay_steps", "chunk_steps", "eval_frequency",
+                    "eval_episodes")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.learning_starts < 0:
+            raise ConfigError(f"--learning_starts must be >= 0, got {self.learning_starts}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"--gamma must be in (0, 1], got {self.gamma}")
+        if not self.lr > 0.0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not self.max_grad_norm > 0.0:
+            raise ConfigError(f"--max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ConfigError(f"--tau must be in (0, 1], got {self.tau}")
+        for name in ("eps", "min_eps"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.min_eps > self.eps:
+            raise ConfigError(f"--min_eps ({self.min_eps}) must not exceed --eps ({self.eps})")
+        if self.batch_size > self.buffer_size:
+            raise ConfigError(f"--batch_size ({self.batch_size}) must not exceed --buffer_size "
+                              f"({self.buffer_size})")
+        if self.buffer_size < self.num_envs:
+            raise ConfigError(f"--buffer_size ({self.buffer_size}) must hold at least one vector step "
+                              f"(--num_envs {self.num_envs})")
+        if self.loss not in ("huber", "mse"):
+            raise ConfigError(f"--loss must be huber or mse, got {self.loss!r}")
+        if not self.hidden_sizes or any(width <= 0 for width in self.hidden_sizes):
+            raise ConfigError(f"--hidden_sizes must be positive widths, got {self.hidden_sizes}")
+        if self.num_devices is not None and self.num_devices <= 0:
+            raise ConfigError(f"--num_devices must be positive, got {self.num_devices}")
+        return self
+
+    # Derived counts -------------------------------------------------------------------------
+    @property
+    def buffer_rows(self) -> int:
+        """Vector steps the buffer holds (the buffer is [rows, num_envs])."""
+        return max(1, self.buffer_size // self.num_envs)
+
+    @property
+    def chunk_iterations(self) -> int:
+        """Vector steps per jitted chunk."""
+        return max(1, self.chunk_steps // self.num_envs)
+
+    @property
+    def num_chunks(self) -> int:
+        steps_per_chunk = self.chunk_iterations * self.num_envs
+        return max(1, -(-self.total_steps // steps_per_chunk))
+
+    @property
+    def eval_every_chunks(self) -> int:
+        return max(1, -(-self.eval_frequency // (self.chunk_iterations * self.num_envs)))
+
+
+@struct.dataclass
+class HParams:
+    """The hyperparameters that may be traced (vmapped or swept) inside one compiled program."""
+
+    lr: jnp.ndarray
+    gamma: jnp.ndarray
+    eps: jnp.ndarray
+    min_eps: jnp.ndarray
+    tau: jnp.ndarray
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> "HParams":
+        return cls(**{name: jnp.float32(getattr(config, name)) for name in ("lr", "gamma", "eps", "min_eps", "tau")})
+
+
+# Command line --------------------------------------------------------------------------------
+
+def _parse_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad flags as one line on stderr with exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Adds one flag per TrainConfig field (default None, so that env defaults can fill the gaps)."""
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in skip or not field.metadata.get("cli", True):
+            continue
+        names = (f"--{field.name}", *field.metadata["flags"])
+        help_text = field.metadata["help"]
+        if field.metadata["original"]:
+            help_text += " [original flag]"
+        default = field.default
+        if isinstance(default, bool):
+            parser.add_argument(*names, dest=field.name, default=None, action=argparse.BooleanOptionalAction,
+                                help=f"{help_text} (default: {default})")
+            continue
+        if field.name == "hidden_sizes":
+            kind = _parse_sizes
+            shown = ",".join(map(str, default))
+        elif field.name in ("log_dir", "env"):
+            kind, shown = str, default
+        elif field.name == "num_devices":
+            kind, shown = int, "all"
+        else:
+            kind, shown = type(default), default
+        parser.add_argument(*names, dest=field.name, type=kind, default=None, metavar=field.name.upper(),
+                            help=f"{help_text} (default: {shown})")
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    return _OneLineParser(prog=prog, description=description,
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def build_config(flags: dict[str, Any], spec: EnvSpec, base: TrainConfig | None = None) -> TrainConfig:
+    """Merges, in increasing priority: TrainConfig defaults (or `base`), the env's defaults, given flags."""
+    values = dataclasses.asdict(base) if base is not None else {}
+    if base is None:
+        values.update(spec.defaults)
+    values.update({key: value for key, value in flags.items() if value is not None})
+    values["env"] = spec.name
+    return TrainConfig.from_dict(values).validate()

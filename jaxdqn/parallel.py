@@ -1,0 +1,74 @@
+"""Runs the trainer's pure functions SPMD over a mesh of devices (layer 4 of the design).
+
+Each device steps its own `num_envs / num_devices` environments and keeps its own replay-buffer shard;
+gradients are averaged with `lax.pmean` inside `DQN.update`, so parameters stay identical everywhere.
+We use `jax.shard_map` over a one-axis `Mesh` rather than `jax.pmap`: `pmap` is in maintenance mode and
+has been implemented on top of `shard_map` since JAX 0.8, and a `Mesh` spans the devices of several
+processes (`jax.distributed`) with no change to this code. One device is the same program with a mesh
+of size one, so the single-device path is never forked.
+
+Outside `shard_map` every leaf of the state (and of the metrics) carries a leading device axis,
+sharded over the mesh; inside, each device sees its own slice without that axis.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxdqn.agent import DQN
+from jaxdqn.registry import ConfigError
+
+AXIS = "devices"
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    """A one-axis mesh over the first `num_devices` devices of all processes (default: all)."""
+    devices = jax.devices()
+    if num_devices is None:
+        num_devices = len(devices)
+    if num_devices > len(devices):
+        raise ConfigError(f"--num_devices {num_devices} asked for, but only {len(devices)} "
+                          f"{devices[0].platform.upper()} device(s) exist")
+    return Mesh(np.array(devices[:num_devices]), (AXIS,))
+
+
+def _per_device(fn):
+    """Lifts `fn(state, ...) -> outputs` to blocks that carry a leading device axis of size one."""
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        outputs = fn(*jax.tree.map(lambda leaf: leaf[0], args))
+        return jax.tree.map(lambda leaf: leaf[None], outputs)
+
+    return wrapped
+
+
+def make_init(dqn: DQN, mesh: Mesh):
+    """`init(key, hparams) -> state`, jitted; the key and hparams are the same for every device."""
+
+    def init(key, hparams):
+        return jax.tree.map(lambda leaf: leaf[None], dqn.init(key, hparams))
+
+    return jax.jit(jax.shard_map(init, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec()),
+                                 out_specs=PartitionSpec(AXIS)))
+
+
+def make_run_chunk(dqn: DQN, mesh: Mesh, num_iterations: int):
+    """`run_chunk(state) -> (state, metrics)`, jitted with the state donated (updated in place)."""
+    chunk = _per_device(functools.partial(dqn.run_chunk, num_iterations=num_iterations))
+    sharded = jax.shard_map(chunk, mesh=mesh, in_specs=PartitionSpec(AXIS), out_specs=PartitionSpec(AXIS))
+    return jax.jit(sharded, donate_argnums=0)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def first_device(tree):
+    """Device 0's copy of a tree with a leading device axis, as host numpy arrays or device arrays."""
+    return jax.tree.map(lambda leaf: leaf.addressable_shards[0].data[0] if isinstance(leaf, jax.Array) else leaf[0],
+                        tree)

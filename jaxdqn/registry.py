@@ -1,0 +1,230 @@
+"""Environments registered by name, each with its Q-network and default hyperparameters.
+
+This is the JAX form of the original project's `environments.py` registry, where a `BaseSimulator`
+was paired with a `BaseModel`: here a name maps to a factory of a gymnax-style environment
+(a pure-JAX `gymnax.environments.environment.Environment`), an optional Q-network factory and the
+hyperparameters that work for it.
+
+Names resolve in this order:
+
+1. names registered with :func:`register` (jaxdqn's own, `envs/`, and the user's);
+2. short aliases (`cartpole` -> `CartPole-v1`);
+3. every gymnax id (`Acrobot-v1`, `Breakout-MinAtar`, ...), registered on first use;
+4. `package.module:Attribute`, importing a user's module without editing jaxdqn. The attribute is an
+   `Environment` subclass or a factory returning one (or `(env, env_params)`); importing the module
+   may also call :func:`register` for richer defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gymnax
+from gymnax.environments import spaces
+from gymnax.environments.environment import Environment
+
+
+class ConfigError(ValueError):
+    """A user error (bad flag, unknown name, unusable checkpoint); the CLIs print it as one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+    """What jaxdqn knows about an environment name.
+
+    Attributes:
+      name: the registered name.
+      make_env: `() -> (env, env_params)`.
+      make_network: optional `(num_actions, config) -> flax.linen.Module`; None picks the network
+        from the observation's shape (see `jaxdqn.networks.make_network`).
+      defaults: hyperparameter defaults for this env (field names of `jaxdqn.config.TrainConfig`).
+      solved_threshold: mean greedy return at which the env counts as solved, or None.
+    """
+
+    name: str
+    make_env: Callable[[], tuple[Environment, Any]]
+    make_network: Callable[..., Any] | None = None
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    solved_threshold: float | None = None
+
+
+_REGISTRY: dict[str, EnvSpec] = {}
+
+ALIASES = {
+    "cartpole": "CartPole-v1",
+    "acrobot": "Acrobot-v1",
+    "mountaincar": "MountainCar-v0",
+    "breakout": "Breakout-MinAtar",
+    "asterix": "Asterix-MinAtar",
+    "freeway": "Freeway-MinAtar",
+    "seaquest": "Seaquest-MinAtar",
+    "spaceinvaders": "SpaceInvaders-MinAtar",
+}
+
+# Thresholds at which the classic-control tasks are considered solved (Gymnasium's conventions).
+SOLVED_THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "MountainCar-v0": -110.0}
+
+# Per-environment hyperparameters that differ from `TrainConfig`'s (CartPole-tuned) defaults.
+GYMNAX_DEFAULTS: dict[str, dict[str, Any]] = {
+    "Acrobot-v1": {"total_steps": 20_000_000},
+    "MountainCar-v0": {"total_steps": 50_000_000},
+}
+
+
+def register(
+    name: str,
+    make_env: Callable[[], Any],
+    *,
+    make_network: Callable[..., Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    solved_threshold: float | None = None,
+) -> EnvSpec:
+    """Registers an environment (and optionally its Q-network and defaults) under `name`.
+
+    Args:
+      name: the name used on the command line (`--env name`).
+      make_env: a factory returning a gymnax `Environment`, or `(env, env_params)`.
+      make_network: optional `(num_actions, config) -> flax.linen.Module`.
+      defaults: hyperparameter defaults for this env, e.g. `{"total_steps": 2_000_000}`.
+      solved_threshold: mean greedy return that counts as solved.
+
+    Returns:
+      The registered spec.
+
+    Raises:
+      ConfigError: the name is taken or the factory is not callable.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError("environment name must be a non-empty string")
+    if name in _REGISTRY or name.lower() in ALIASES:
+        raise ConfigError(f"environment {name!r} is already registered")
+    if not callable(make_env):
+        raise ConfigError(f"make_env for {name!r} is not callable")
+    if make_network is not None and not callable(make_network):
+        raise ConfigError(f"make_network for {name!r} is not callable")
+    spec = EnvSpec(
+        name=name,
+        make_env=_checked_factory(name, make_env),
+        make_network=make_network,
+        defaults=dict(defaults or {}),
+        solved_threshold=solved_threshold,
+    )
+    _validate_default_keys(spec)
+    _REGISTRY[name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Removes a registered name (for tests and interactive use)."""
+    _REGISTRY.pop(name, None)
+
+
+def registered_names() -> list[str]:
+    """Every name `get_spec` accepts without an import path."""
+    _load_builtin_envs()
+    return sorted(set(_REGISTRY) | set(gymnax.registered_envs) | set(ALIASES))
+
+
+def get_spec(name: str) -> EnvSpec:
+    """Resolves an environment name (see the module docstring) to its spec.
+
+    Raises:
+      ConfigError: unknown name, unimportable module, or not a discrete-action gymnax environment.
+    """
+    _load_builtin_envs()
+    name = ALIASES.get(name.lower(), name) if isinstance(name, str) else name
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in gymnax.registered_envs:
+        return _REGISTRY.setdefault(
+            name,
+            EnvSpec(
+                name=name,
+                make_env=_checked_factory(name, lambda: gymnax.make(name)),
+                defaults=GYMNAX_DEFAULTS.get(name, {}),
+                solved_threshold=SOLVED_THRESHOLDS.get(name),
+            ),
+        )
+    if ":" in name:
+        return _spec_from_import_path(name)
+    close = difflib.get_close_matches(name, registered_names(), n=3, cutoff=0.5)
+    hint = ", ".join(close) if close else "cartpole, Acrobot-v1, MountainCar-v0, Breakout-MinAtar"
+    raise ConfigError(f"unknown environment {name!r}; try one of: {hint} (or package.module:EnvClass)")
+
+
+def make_env(name: str) -> tuple[EnvSpec, Environment, Any]:
+    """Builds the environment registered as `name`: returns `(spec, env, env_params)`."""
+    spec = get_spec(name)
+    env, env_params = spec.make_env()
+    return spec, env, env_params
+
+
+def _checked_factory(name: str, factory: Callable[[], Any]) -> Callable[[], tuple[Environment, Any]]:
+    """Wraps a factory so that it returns `(env, params)` and rejects what DQN cannot train."""
+
+    def make() -> tuple[Environment, Any]:
+        made = factory()
+        env, env_params = made if isinstance(made, tuple) else (made, getattr(made, "default_params", None))
+        if not isinstance(env, Environment):
+            raise ConfigError(
+                f"environment {name!r}: factory returned {type(env).__name__}, "
+                "not a gymnax.environments.environment.Environment"
+            )
+        if env_params is None:
+            env_params = env.default_params
+        action_space = env.action_space(env_params)
+        if not isinstance(action_space, spaces.Discrete):
+            raise ConfigError(
+                f"environment {name!r} has a {type(action_space).__name__} action space; "
+                "DQN needs discrete actions"
+            )
+        return env, env_params
+
+    return make
+
+
+def _spec_from_import_path(path: str) -> EnvSpec:
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(f"cannot import {module_name!r} for environment {path!r}: {error}") from None
+    if path in _REGISTRY:  # the module registered itself under its import path
+        return _REGISTRY[path]
+    if not hasattr(module, attr):
+        raise ConfigError(f"module {module_name!r} has no attribute {attr!r}")
+    target = getattr(module, attr)
+    if isinstance(target, EnvSpec):
+        return target
+    if not callable(target):
+        raise ConfigError(f"{path!r} is neither an Environment class nor a factory")
+    return register(path, target)
+
+
+def _validate_default_keys(spec: EnvSpec) -> None:
+    from jaxdqn.config import TrainConfig  # local import: config imports this module
+
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(spec.defaults) - known)
+    if unknown:
+        raise ConfigError(f"environment {spec.name!r}: unknown hyperparameter defaults {unknown}")
+
+
+_builtin_loaded = False
+
+
+def _load_builtin_envs() -> None:
+    """Imports `envs/` (the ported simulators), which registers its environments."""
+    global _builtin_loaded
+    if _builtin_loaded:
+        return
+    _builtin_loaded = True
+    try:
+        importlib.import_module("envs")
+    except ModuleNotFoundError as error:
+        if error.name != "envs":
+            raise

@@ -1,0 +1,126 @@
+"""What a run shows and writes: the progress bar or log lines, metrics.csv, the learning curve, summary.json.
+
+Everything here runs on the host between jitted chunks and never inside the XLA program.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+METRIC_COLUMNS = ("env_steps", "updates", "wall_s", "sps", "train_return", "eval_return", "loss", "epsilon")
+
+
+def process_start_time() -> float:
+    """Wall-clock time at which this process started (Linux /proc), else the time of this import."""
+    try:
+        with open("/proc/self/stat") as stat_file:
+            start_ticks = int(stat_file.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as uptime_file:
+            uptime = float(uptime_file.read().split()[0])
+        return time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORT_TIME
+
+
+_IMPORT_TIME = time.time()
+
+
+def _number(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+class RunLog:
+    """Writes config.json and metrics.csv, and shows progress on the terminal (or as log lines)."""
+
+    def __init__(self, log_dir: Path | None, total_steps: int, env_name: str, show_progress: bool = True,
+                 stream=sys.stderr):
+        self.log_dir = log_dir
+        self.rows: list[dict[str, Any]] = []
+        self.stream = stream
+        self._bar = None
+        self._csv_file = None
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self._csv_file = open(log_dir / "metrics.csv", "w", newline="")
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=METRIC_COLUMNS)
+            self._csv.writeheader()
+        if show_progress and stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, unit="step", unit_scale=True, desc=env_name, file=stream,
+                             dynamic_ncols=True)
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> None:
+        if self.log_dir is not None:
+            (self.log_dir / name).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+    def add_row(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if self._csv_file is not None:
+            self._csv.writerow({key: _number(row.get(key)) for key in METRIC_COLUMNS})
+            self._csv_file.flush()
+        shown = {
+            "sps": f"{row['sps']:.3g}",
+            "return": _number(row["train_return"]) or "-",
+            "eval": _number(row.get("eval_return")) or "-",
+            "eps": f"{row['epsilon']:.3f}",
+        }
+        if self._bar is not None:
+            self._bar.update(row["env_steps"] - self._bar.n)
+            self._bar.set_postfix(shown, refresh=True)
+        else:
+            text = " ".join(f"{key}={value}" for key, value in shown.items())
+            print(f"steps={row['env_steps']} updates={row['updates']} {text}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._csv_file is not None:
+            self._csv_file.close()
+            self._csv_file = None
+
+
+def plot_learning_curve(rows: list[dict[str, Any]], path: Path, title: str, threshold: float | None) -> None:
+    """Training and evaluation return against env steps, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    steps = [row["env_steps"] for row in rows]
+    axes.plot(steps, [row["train_return"] for row in rows], label="training return (exploring)")
+    evaluated = [row for row in rows if row.get("eval_return") is not None]
+    if evaluated:
+        axes.plot([row["env_steps"] for row in evaluated], [row["eval_return"] for row in evaluated],
+                  marker="o", label="greedy evaluation return")
+    if threshold is not None:
+        axes.axhline(threshold, color="gray", linestyle="--", label=f"solved ({threshold:g})")
+    axes.set_xlabel("env steps")
+    axes.set_ylabel("episode return")
+    axes.set_title(title)
+    axes.legend(loc="lower right")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one-line summary printed last."""
+    solved = (f"solved at {summary['steps_to_solve']:,} steps in {summary['seconds_to_solve']:.1f}s"
+              if summary.get("steps_to_solve") is not None else "not solved")
+    return (f"{summary['env']}: eval return {summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f} "
+            f"over {summary['eval_episodes']} episodes; {solved}; {summary['total_steps']:,} env steps in "
+            f"{summary['train_s']:.1f}s ({summary['sps']:.3g} steps/s, compile {summary['compile_s']:.1f}s, "
+            f"wall {summary['wall_s']:.1f}s) on {summary['num_devices']} {summary['device']}")
