@@ -89,9 +89,16 @@ class DQN:
 
     # Construction ----------------------------------------------------------------------------
     def make_optimizer(self, lr) -> optax.GradientTransformation:
+        """Adam with global-norm clipping; `lr` may be traced, and is annealed to 0 if `lr_anneal`."""
+        if self.config.lr_anneal:
+            total_updates = max(1, (self.config.total_iterations - self.learning_starts_iteration + 1)
+                                * self.config.updates_per_step)
+            learning_rate = lambda count: lr * jnp.clip(1.0 - count / total_updates, 0.0, 1.0)  # noqa: E731
+        else:
+            learning_rate = lr
         return optax.chain(
             optax.clip_by_global_norm(self.config.max_grad_norm),
-            optax.inject_hyperparams(optax.adam)(learning_rate=lr),
+            optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate),
         )
 
     def init(self, key: jax.Array, hparams: HParams) -> TrainerState:
@@ -164,17 +171,27 @@ class DQN:
         param_updates, opt_state = self.make_optimizer(state.hparams.lr).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, param_updates)
         updates = state.updates + 1
-        target_params = jax.lax.cond(
-            updates % self.config.target_update_frequency == 0,
-            lambda: optax.incremental_update(params, state.target_params, state.hparams.tau),
-            lambda: state.target_params,
+        # Selects rather than branches: a `lax.cond` costs a device-to-host sync per update on GPUs.
+        due = updates % self.config.target_update_frequency == 0
+        target_params = jax.tree.map(
+            lambda new, old: jnp.where(due, new, old),
+            optax.incremental_update(params, state.target_params, state.hparams.tau),
+            state.target_params,
         )
         return state.replace(params=params, target_params=target_params, opt_state=opt_state, updates=updates), loss
 
     def learn(self, state: TrainerState, key: jax.Array) -> tuple[TrainerState, jnp.ndarray]:
         """`updates_per_step` gradient updates; returns the summed loss."""
-        state, step_losses = jax.lax.scan(self.update, state, jax.random.split(key, self.config.updates_per_step))
-        return state, jnp.sum(step_losses)
+        replay_buffer = state.buffer  # read-only here: kept out of the loop's carry
+
+        def update(learner: TrainerState, update_key: jax.Array):
+            learner, loss = self.update(learner.replace(buffer=replay_buffer), update_key)
+            return learner.replace(buffer=None), loss
+
+        learner, step_losses = jax.lax.scan(update, state.replace(buffer=None),
+                                            jax.random.split(key, self.config.updates_per_step),
+                                            unroll=self.config.unroll_updates)
+        return learner.replace(buffer=replay_buffer), jnp.sum(step_losses)
 
     # One iteration ---------------------------------------------------------------------------
     def train_step(self, state: TrainerState) -> tuple[TrainerState, StepMetrics]:
@@ -202,14 +219,17 @@ class DQN:
             key=key,
             iteration=state.iteration + 1,
         )
+        # Before `learning_starts` the updates are computed and discarded (a select, not a branch).
         learned = state.iteration >= self.learning_starts_iteration
-        state, loss_sum = jax.lax.cond(
-            learned,
-            self.learn,
-            lambda s, _: (s, jnp.float32(0.0)),
-            state,
-            learn_key,
+        trained, loss_sum = self.learn(state, learn_key)
+        keep = lambda new, old: jnp.where(learned, new, old)  # noqa: E731
+        state = state.replace(
+            params=jax.tree.map(keep, trained.params, state.params),
+            target_params=jax.tree.map(keep, trained.target_params, state.target_params),
+            opt_state=jax.tree.map(keep, trained.opt_state, state.opt_state),
+            updates=keep(trained.updates, state.updates),
         )
+        loss_sum = jnp.where(learned, loss_sum, 0.0)
         metrics = StepMetrics(
             loss_sum=loss_sum,
             num_updates=jnp.where(learned, self.config.updates_per_step, 0),

@@ -40,18 +40,20 @@ class TrainConfig:
     # Replay and learning.
     buffer_size: int = _field(262_144, "replay capacity in transitions (global; a multiple of num_envs "
                               "is kept)", original=True)
-    batch_size: int = _field(512, "transitions per gradient update (global)", original=True)
-    updates_per_step: int = _field(8, "gradient updates per vector step (one vector step = num_envs "
+    batch_size: int = _field(256, "transitions per gradient update (global)", original=True)
+    updates_per_step: int = _field(32, "gradient updates per vector step (one vector step = num_envs "
                                    "env steps); sets the replay ratio")
     learning_starts: int = _field(32_768, "env steps collected before the first gradient update")
-    lr: float = _field(1e-3, "Adam learning rate", original=True)
+    lr: float = _field(5e-4, "Adam learning rate", original=True)
+    lr_anneal: bool = _field(True, "anneal the learning rate linearly to 0 over total_steps")
     gamma: float = _field(0.99, "discount factor, in (0, 1]", original=True)
     max_grad_norm: float = _field(10.0, "clip gradients to this global norm", original=True)
-    target_update_frequency: int = _field(128, "gradient updates between target-network updates",
+    target_update_frequency: int = _field(1, "gradient updates between target-network updates",
                                           original=True)
-    tau: float = _field(1.0, "target update weight: 1 copies the online network, <1 is Polyak averaging")
+    tau: float = _field(0.05, "target update weight: 1 copies the online network, <1 is Polyak averaging")
     loss: str = _field("huber", "TD loss: huber (the original's smooth L1) or mse")
     double: bool = _field(True, "Double DQN targets (van Hasselt et al. 2016)")
+    unroll_updates: int = _field(1, "gradient updates unrolled per loop step of the device program", cli=False)
     # Exploration.
     eps: float = _field(1.0, "initial epsilon of epsilon-greedy exploration", original=True)
     min_eps: float = _field(0.05, "final epsilon", original=True)
@@ -133,6 +135,11 @@ class TrainConfig:
     def chunk_iterations(self) -> int:
         """Vector steps per jitted chunk."""
         return max(1, self.chunk_steps // self.num_envs)
+
+    @property
+    def total_iterations(self) -> int:
+        """Vector steps of the whole run (total_steps rounded up to whole chunks)."""
+        return self.num_chunks * self.chunk_iterations
 
     @property
     def num_chunks(self) -> int:

@@ -23,9 +23,43 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import gymnax
-from gymnax.environments import spaces
-from gymnax.environments.environment import Environment
+import sys
+import types
+
+
+class _DeferredModule(types.ModuleType):
+    """Stands in for a module until one of its attributes is used, then imports the real one."""
+
+    def __getattr__(self, attribute: str):
+        module = sys.modules.get(self.__name__)
+        if module is None or module is self:
+            sys.modules.pop(self.__name__, None)
+            module = importlib.import_module(self.__name__)
+        return getattr(module, attribute)
+
+
+def _import_gymnax():
+    """Imports gymnax without paying for its rendering-only imports at start-up.
+
+    gymnax imports matplotlib.pyplot and seaborn (hence scipy) at module level, only to render
+    frames; that is about 1.5 s of every run's start on a 2-core CPU. Those two names are deferred
+    while gymnax imports, and are imported for real the first time gymnax renders with them.
+    """
+    deferred = [name for name in ("seaborn", "matplotlib.pyplot") if name not in sys.modules]
+    for name in deferred:
+        sys.modules[name] = _DeferredModule(name)
+    try:
+        import gymnax as module
+    finally:
+        for name in deferred:
+            if isinstance(sys.modules.get(name), _DeferredModule):
+                del sys.modules[name]
+    return module
+
+
+gymnax = _import_gymnax()
+from gymnax.environments import spaces  # noqa: E402
+from gymnax.environments.environment import Environment  # noqa: E402
 
 
 class ConfigError(ValueError):

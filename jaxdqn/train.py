@@ -89,6 +89,7 @@ def default_log_dir(env_name: str) -> Path:
 def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool = True,
           stream=sys.stderr) -> dict[str, Any]:
     """Trains per `config`, writing outputs to `log_dir` (None: write nothing); returns the summary."""
+    startup_s = time.time() - PROCESS_START
     program = build_program(config)
     dqn, threshold = program.dqn, program.spec.solved_threshold
     steps_per_chunk = config.chunk_iterations * config.num_envs
@@ -146,6 +147,7 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
         "device": jax.devices()[0].device_kind,
         "total_steps": env_steps,
         "updates": int(metrics.updates),
+        "startup_s": startup_s,
         "compile_s": compile_s,
         "train_s": train_s,
         "eval_s": eval_s,

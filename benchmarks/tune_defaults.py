@@ -1,0 +1,99 @@
+"""Derives the trainer's defaults: many agents (seeds x traced hyperparameters) trained in one program.
+
+For each setting that changes shapes (updates per vector step, batch size, buffer size, network
+widths), one program trains `--seeds` x grid agents at once (`jax.vmap` over `DQN.init` and
+`DQN.run_chunk`), evaluates every agent's greedy policy after each chunk, and reports, per grid point,
+how many seeds reached the env's threshold, when, and whether they stayed there. This is how the
+defaults in `jaxdqn/config.py` were chosen (README, "Defaults for thousands of environments").
+
+    python -m benchmarks.tune_defaults --shapes '{"updates_per_step": 8}' '{"updates_per_step": 16}' \
+        --grid '{"lr": [3e-4, 1e-3], "tau": [0.05, 1.0]}' --seeds 4 --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdqn.agent import DQN
+from jaxdqn.config import HParams, TrainConfig
+from jaxdqn.networks import make_network
+from jaxdqn.registry import make_env
+
+
+def run_shape(base: TrainConfig, grid: dict[str, list[float]], seeds: int) -> list[dict]:
+    """Trains every (grid point, seed) agent of one shape setting in one vmapped program."""
+    spec, env, env_params = make_env(base.env)
+    network = make_network(env.observation_space(env_params).shape, env.action_space(env_params).n, base,
+                           spec.make_network)
+    dqn = DQN(base, env, env_params, network)
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
+    agents = [(point, seed) for point in points for seed in range(seeds)]
+    hparams = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[
+        HParams.from_config(dataclasses.replace(base, **point)) for point, _ in agents])
+    keys = jnp.stack([jax.random.key(base.seed + seed) for _, seed in agents])
+
+    start = time.time()
+    state = jax.jit(jax.vmap(dqn.init))(keys, hparams)
+    chunk = jax.jit(jax.vmap(lambda s: dqn.run_chunk(s, base.chunk_iterations)), donate_argnums=0)
+    evaluate = jax.jit(jax.vmap(lambda p, k: dqn.evaluate(p, k, base.eval_episodes)))
+    curves = []
+    for index in range(base.num_chunks):
+        state, _ = chunk(state)
+        returns, _ = evaluate(state.params, jax.random.split(jax.random.key(10_000 + index), len(agents)))
+        curves.append(np.asarray(returns).mean(axis=1))
+    seconds = time.time() - start
+    curves = np.stack(curves, axis=1)  # [agents, evaluations]
+    steps_per_eval = base.chunk_iterations * base.num_envs
+    threshold = spec.solved_threshold
+    results = []
+    for point in points:
+        rows = [i for i, (p, _) in enumerate(agents) if p == point]
+        first = [int(np.argmax(curves[i] >= threshold)) if (curves[i] >= threshold).any() else None for i in rows]
+        results.append({
+            "shape": {key: getattr(base, key) for key in ("updates_per_step", "batch_size", "buffer_size",
+                                                         "hidden_sizes", "target_update_frequency",
+                                                         "eps_decay_steps", "layer_norm", "double")},
+            "point": point,
+            "solved_seeds": sum(f is not None for f in first),
+            "seeds": len(rows),
+            "median_steps_to_solve": (float(np.median([(f + 1) * steps_per_eval for f in first if f is not None]))
+                                      if any(f is not None for f in first) else None),
+            "final_return_mean": float(curves[rows, -1].mean()),
+            "last3_return_min": float(curves[rows, -3:].min()),
+            "curves": curves[rows].round(1).tolist(),
+            "program_seconds": seconds,
+        })
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--shapes", nargs="+", default=["{}"], help="JSON TrainConfig overrides, one program each")
+    parser.add_argument("--grid", default="{}", help='JSON {"lr": [...], ...} over traced hyperparameters')
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--base", default="{}", help="JSON overrides shared by every shape")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    grid = json.loads(args.grid)
+    results = []
+    for shape in args.shapes:
+        config = TrainConfig(env=args.env, **{**json.loads(args.base), **json.loads(shape)}).validate()
+        for row in run_shape(config, grid, args.seeds):
+            results.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "curves"}), flush=True)
+    if args.out:
+        with open(args.out, "w") as out_file:
+            json.dump({"device": jax.devices()[0].device_kind, "results": results}, out_file, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Unit tests of the trainer's parts against hand-computed numbers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdqn import buffer as replay
+from jaxdqn import losses
+
+
+def test_q_learning_target_hand_computed():
+    next_q = jnp.array([1.0, 3.0, 2.0])
+    # r + gamma * max_a Q'(s', a) = 0.5 + 0.9 * 3
+    assert float(losses.q_learning_target(jnp.float32(0.5), jnp.bool_(False), jnp.float32(0.9), next_q)) == pytest.approx(3.2)
+    # a terminal s' cuts the bootstrap
+    assert float(losses.q_learning_target(jnp.float32(0.5), jnp.bool_(True), jnp.float32(0.9), next_q)) == pytest.approx(0.5)
+
+
+def test_double_dqn_target_uses_online_argmax():
+    next_q_target = jnp.array([1.0, 3.0, 2.0])
+    next_q_online = jnp.array([0.0, -1.0, 5.0])  # online picks action 2, evaluated by the target net: 2.0
+    target = losses.q_learning_target(jnp.float32(1.0), jnp.bool_(False), jnp.float32(0.5), next_q_target, next_q_online)
+    assert float(target) == pytest.approx(1.0 + 0.5 * 2.0)
+
+
+def test_td_error_and_losses_hand_computed():
+    q = jnp.array([[1.0, 2.0], [0.0, 4.0]])
+    errors = losses.batch_td_error(q, jnp.array([1, 0]), jnp.array([2.5, -3.0]))
+    np.testing.assert_allclose(errors, [0.5, -3.0])
+    # Huber with delta 1: 0.5 * e^2 inside [-1, 1], |e| - 0.5 outside
+    np.testing.assert_allclose(losses.td_loss(errors, "huber"), [0.125, 2.5])
+    np.testing.assert_allclose(losses.td_loss(errors, "mse"), [0.25, 9.0])
+    with pytest.raises(ValueError):
+        losses.td_loss(errors, "l1")
+
+
+def _transition(value: float, num_envs: int = 2) -> replay.Transition:
+    full = jnp.full((num_envs,), value, jnp.float32)
+    return replay.Transition(obs=full[:, None], action=full.astype(jnp.int32), reward=full,
+                             next_obs=full[:, None] + 0.5, terminated=jnp.zeros(num_envs, jnp.bool_))
+
+
+def test_buffer_wraps_around_and_overwrites_oldest():
+    buf = replay.init(3, _transition(0.0))
+    for value in (1.0, 2.0, 3.0, 4.0):
+        buf = replay.add(buf, _transition(value))
+    # rows hold 4, 2, 3: the fourth insert overwrote the first row
+    np.testing.assert_array_equal(buf.data.reward[:, 0], [4.0, 2.0, 3.0])
+    np.testing.assert_array_equal(buf.data.next_obs[:, 0, 0], [4.5, 2.5, 3.5])
+    assert int(buf.next_row) == 1
+    assert int(buf.filled_rows) == 3
+
+
+def test_buffer_samples_only_filled_slots():
+    buf = replay.init(8, _transition(0.0, num_envs=4))
+    buf = replay.add(buf, _transition(7.0, num_envs=4))
+    buf = replay.add(buf, _transition(9.0, num_envs=4))
+    batch = replay.sample(buf, jax.random.key(0), 4096)
+    values = np.asarray(batch.reward)
+    assert set(np.unique(values)) == {7.0, 9.0}  # never an empty (zero) slot
+    assert 0.4 < np.mean(values == 7.0) < 0.6  # uniform over the filled rows
+    np.testing.assert_array_equal(np.asarray(batch.next_obs)[:, 0], values + 0.5)  # fields stay aligned
+
+
+def _dqn(config):
+    from jaxdqn.agent import DQN
+    from jaxdqn.networks import make_network
+    from jaxdqn.registry import make_env
+
+    _, env, env_params = make_env(config.env)
+    network = make_network(env.observation_space(env_params).shape, env.action_space(env_params).n, config)
+    return DQN(config, env, env_params, network)
+
+
+def test_epsilon_schedule_is_linear_in_env_steps(small_config):
+    config = small_config(num_envs=16, eps=0.9, min_eps=0.1, eps_decay_steps=320)
+    dqn = _dqn(config)
+    hparams = config.hparams
+    # 16 envs per iteration: 320 env steps = 20 iterations
+    values = [float(dqn.epsilon(jnp.int32(i), hparams)) for i in (0, 10, 20, 40)]
+    np.testing.assert_allclose(values, [0.9, 0.5, 0.1, 0.1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("num_envs", [4, 48])
+def test_target_update_fires_every_n_updates_whatever_num_envs(small_config, num_envs):
+    config = small_config(num_envs=num_envs, buffer_size=num_envs * 8, target_update_frequency=3, learning_starts=0)
+    dqn = _dqn(config)
+    state = dqn.init(jax.random.key(0), config.hparams)
+    state = state.replace(buffer=replay.add(state.buffer, replay.Transition(
+        obs=state.obs, action=jnp.zeros(num_envs, jnp.int32), reward=jnp.ones(num_envs),
+        next_obs=state.obs, terminated=jnp.zeros(num_envs, jnp.bool_))))
+    update = jax.jit(dqn.update)
+    fired = []
+    for i in range(9):
+        before = state.target_params
+        state, _ = update(state, jax.random.key(i))
+        changed = not all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), before, state.target_params)))
+        if changed:  # with tau = 1 the target becomes an exact copy of the online network
+            assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), state.params, state.target_params)))
+        fired.append(changed)
+    assert fired == [False, False, True] * 3
+    assert int(state.updates) == 9
+
+
+def test_polyak_target_update(small_config):
+    config = small_config(target_update_frequency=1, tau=0.25, learning_starts=0)
+    dqn = _dqn(config)
+    state = dqn.init(jax.random.key(0), config.hparams)
+    state = state.replace(buffer=replay.add(state.buffer, replay.Transition(
+        obs=state.obs, action=jnp.zeros(16, jnp.int32), reward=jnp.ones(16),
+        next_obs=state.obs, terminated=jnp.zeros(16, jnp.bool_))))
+    new_state, _ = jax.jit(dqn.update)(state, jax.random.key(1))
+    expected = jax.tree.map(lambda new, old: 0.25 * new + 0.75 * old, new_state.params, state.target_params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), new_state.target_params, expected)
+
+
+def test_truncation_bootstraps_and_termination_does_not(small_config):
+    """A stored time-limit truncation keeps the bootstrap; a termination cuts it (checked on the loss)."""
+    config = small_config(learning_starts=0, double=False, loss="mse")
+    dqn = _dqn(config)
+    state = dqn.init(jax.random.key(0), config.hparams)
+    obs = state.obs[:1]
+    q_next = jnp.max(dqn.network.apply(state.target_params, obs))
+    q = dqn.network.apply(state.params, obs)[0, 0]
+    gamma = config.hparams.gamma
+
+    def loss(terminated):
+        batch = replay.Transition(obs=obs, action=jnp.zeros(1, jnp.int32), reward=jnp.ones(1), next_obs=obs,
+                                  terminated=jnp.array([terminated]))
+        return float(dqn.loss(state.params, state.target_params, batch, gamma))
+
+    assert loss(False) == pytest.approx(float((1.0 + gamma * q_next - q) ** 2), rel=1e-5)
+    assert loss(True) == pytest.approx(float((1.0 - q) ** 2), rel=1e-5)
+
+
+def test_stored_next_obs_is_the_final_observation(small_config):
+    """At an episode's end the buffer holds the pre-reset observation, and `terminated` only for terminals."""
+    from jaxdqn.agent import DQN
+    from jaxdqn.networks import make_network
+    from tests.probe_envs import StepCounter
+
+    config = small_config(num_envs=4, buffer_size=64, learning_starts=10**6)
+    env = StepCounter()
+    dqn = DQN(config, env, env.default_params, make_network((1,), 1, config))
+    state = dqn.init(jax.random.key(0), config.hparams)
+    step = jax.jit(dqn.train_step)
+    for _ in range(3):
+        state, _ = step(state)
+    data = state.buffer.data
+    # the observation counts steps within the episode; the episode is truncated after 2 steps
+    np.testing.assert_array_equal(np.asarray(data.obs[:3, 0, 0]), [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(data.next_obs[:3, 0, 0]), [1.0, 2.0, 1.0])
+    assert not np.asarray(data.terminated[:3]).any()
