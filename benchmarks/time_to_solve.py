@@ -1,0 +1,73 @@
+"""Time-to-solve CartPole-v1 with the defaults, cold and with the compile cache, at several num_envs.
+
+Each measurement is a fresh `python -m jaxdqn.train --until_solved` process, so the times include
+Python start-up, imports, device initialisation and compilation, as a user sees them. "cold" runs
+with an empty compilation cache, "cached" reruns the same command with the cache it left.
+
+    python -m benchmarks.time_to_solve --num_envs 1024 4096 16384 --out benchmarks/results/tts_gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FIELDS = ("num_envs", "run", "seconds_to_solve", "steps_to_solve", "wall_s", "startup_s", "compile_s", "train_s",
+          "sps", "updates_per_s", "eval_return_mean")
+
+
+def run_once(env: str, num_envs: int, cache: Path, log_dir: Path, extra: list[str]) -> dict:
+    command = [sys.executable, "-m", "jaxdqn.train", "--env", env, "--num_envs", str(num_envs), "--until_solved",
+               "--quiet", "--compile_cache", str(cache), "--log_dir", str(log_dir), *extra]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark run failed: {result.stderr.strip().splitlines()[-1:]}")
+    return json.loads((log_dir / "summary.json").read_text())
+
+
+def markdown(rows: list[dict], device: str) -> str:
+    lines = [f"Time to solve {rows[0]['env']} (defaults, `--until_solved`) on {device}", "",
+             "| num_envs | run | solved after (s, from process start) | env steps to solve | wall (s) | "
+             "start-up (s) | compile (s) | env steps/s | updates/s | final eval return |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        solved = f"{row['seconds_to_solve']:.1f}" if row["seconds_to_solve"] is not None else "not solved"
+        steps = f"{row['steps_to_solve']:,}" if row["steps_to_solve"] is not None else "-"
+        lines.append(f"| {row['num_envs']:,} | {row['run']} | {solved} | {steps} | {row['wall_s']:.1f} | "
+                     f"{row['startup_s']:.1f} | {row['compile_s']:.1f} | {row['sps']:.3g} | {row['updates_per_s']:.3g} | "
+                     f"{row['eval_return_mean']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--num_envs", type=int, nargs="+", default=[1024, 4096, 16384])
+    parser.add_argument("--out", required=True, help="output path without extension (.json and .md are written)")
+    parser.add_argument("extra", nargs="*", help="more flags for jaxdqn.train, after --")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for num_envs in args.num_envs:
+            cache = Path(scratch) / f"cache-{num_envs}"
+            for run in ("cold", "cached"):
+                summary = run_once(args.env, num_envs, cache, Path(scratch) / f"run-{num_envs}-{run}", args.extra)
+                row = {"env": summary["env"], "run": run, **{key: summary.get(key) for key in FIELDS if key != "run"}}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    device = summary["device"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"device": device, "date": time.strftime("%Y-%m-%d"),
+                                                    "jax_version": summary["jax_version"], "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text(markdown(rows, device))
+    print(markdown(rows, device))
+
+
+if __name__ == "__main__":
+    main()
