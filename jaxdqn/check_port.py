@@ -14,9 +14,10 @@ A port passes when
    contract's auto-reset rules (after `terminated or truncated` the returned state is a reset state,
    `info["final_observation"]` is the observation before the reset and equals the returned
    observation otherwise) and the time limit (truncation at exactly `max_steps_in_episode`);
-3. its reset distribution matches the reference's (for discrete references: the exact initial-state
-   distribution when the reference exposes `initial_state_distrib`, as Gymnasium's toy-text
-   environments do, else the support seen in sampled resets).
+3. its reset distribution matches the reference's: the exact initial-state distribution when the
+   reference exposes `initial_state_distrib` (Gymnasium's toy text does), else sampled resets of
+   both sides (the same support when observations are discrete; resets that vary when the
+   reference's vary, which catches randomness drawn on the host at trace time).
 
 The first mismatch is reported with its episode, its step in that episode (0 is the reset, k the
 observation after the k-th action), the field, and the port's and reference's values, with the
@@ -44,7 +45,10 @@ divergence (field `time_limit`).
 
 Exit status: 0 when the port matches, 1 on a divergence (the report is printed), 2 with one line on
 stderr when the input is unusable: an unknown env or reference, or a port that breaks the contract
-of step 1 (wrong shapes or dtypes, Python control flow on traced values, ...).
+of step 1 (wrong shapes or dtypes, Python control flow on traced values, ...). An observation that
+leaves `observation_space` only later, in the lockstep run, is a divergence (field
+`observation_space`). `check_port()` returns the `Report`, or raises `ConfigError` (its subclass
+`PortError` for contract failures) where the command line exits with status 2.
 """
 
 from __future__ import annotations
@@ -303,13 +307,14 @@ def _num_actions(env: Environment, action_space: spaces.Discrete) -> int:
     return int(num_actions)
 
 
-# JAX errors that mean "this code runs Python on traced values", with what to tell the user.
+# JAX errors that mean "this code runs Python on traced values": (error, check, what to tell the user).
 _TRACING_ERRORS = (
-    (jax.errors.ConcretizationTypeError, "uses Python control flow on a traced value"),
-    (jax.errors.TracerIntegerConversionError, "converts a traced value to a Python int (Python "
-     "indexing, range or int() on a traced value)"),
-    (jax.errors.TracerArrayConversionError, "passes a traced value to numpy (use jax.numpy)"),
-    (jax.errors.NonConcreteBooleanIndexError, "indexes with a boolean mask, a data-dependent shape"),
+    (jax.errors.ConcretizationTypeError, "python control flow", "uses Python control flow on a traced value"),
+    (jax.errors.TracerIntegerConversionError, "python int", "converts a traced value to a Python int "
+     "(Python indexing, range or int() on a traced value)"),
+    (jax.errors.TracerArrayConversionError, "host numpy", "passes a traced value to numpy (use jax.numpy)"),
+    (jax.errors.NonConcreteBooleanIndexError, "dynamic shape", "indexes with a boolean mask, a data-dependent "
+     "shape"),
 )
 
 
@@ -321,9 +326,9 @@ def _trace(name: str, fn: Callable, *args: Any) -> Any:
         raise
     except Exception as error:  # noqa: BLE001 - every failure to trace is the port's
         where = _user_frame(error)
-        for kind, what in _TRACING_ERRORS:
+        for kind, check, what in _TRACING_ERRORS:
             if isinstance(error, kind):
-                raise PortError("python control flow", f"{what} in {name}: {_first_line(error)}{where}") from None
+                raise PortError(check, f"{what} in {name}: {_first_line(error)}{where}") from None
         raise PortError(name, f"{name} fails to trace: {type(error).__name__}: {_first_line(error)}{where}") from None
 
 
@@ -412,7 +417,8 @@ class PortStep:
     in_space: bool
 
 
-def port_steps(env: Environment, params: Any, seed: int, chunk: int = ROLLOUT_CHUNK) -> tuple[Any, Any, Iterator[PortStep]]:
+def port_steps(env: Environment, params: Any, seed: int,
+               chunk: int = ROLLOUT_CHUNK) -> tuple[Any, Any, Iterator[PortStep]]:
     """Steps one port instance with seeded random actions, in jitted chunks of `chunk` steps.
 
     Returns `(reset_obs, reset_state, steps)`, `steps` an endless iterator of `PortStep`. The actions
@@ -549,12 +555,15 @@ def lockstep(env: Environment, params: Any, reference: Any, episodes: int, seed:
             episode += 1
             if episode == episodes:
                 break
-            step, actions = 0, []
+            step, actions, start = 0, [], None
             start = _plain(start_episode(episode, port.obs, port.state))
     except _Mismatch as mismatch:
         divergence = Divergence(episode, mismatch.step, mismatch.field, mismatch.port, mismatch.reference,
                                 tuple(actions), start)
         return divergence, episode + 1, total
+    except Exception as error:  # noqa: BLE001 - the reference or the port's protocol methods failed
+        raise ConfigError(f"stepping the reference failed at episode {episode}, step {step}: "
+                          f"{type(error).__name__}: {_first_line(error)}{_user_frame(error)}") from None
     return None, episode, total
 
 

@@ -97,6 +97,8 @@ ALIASES = {
     "freeway": "Freeway-MinAtar",
     "seaquest": "Seaquest-MinAtar",
     "spaceinvaders": "SpaceInvaders-MinAtar",
+    "taxi": "Taxi-v4",
+    "cliffwalking": "CliffWalking-v1",
 }
 
 # Thresholds at which the classic-control tasks are considered solved (Gymnasium's conventions).

@@ -86,7 +86,8 @@ def test_epsilon_schedule_is_linear_in_env_steps(small_config):
 
 @pytest.mark.parametrize("num_envs", [4, 48])
 def test_target_update_fires_every_n_updates_whatever_num_envs(small_config, num_envs):
-    config = small_config(num_envs=num_envs, buffer_size=num_envs * 8, target_update_frequency=3, learning_starts=0)
+    config = small_config(num_envs=num_envs, buffer_size=num_envs * 8, target_update_frequency=3, tau=1.0,
+                          learning_starts=0)
     dqn = _dqn(config)
     state = dqn.init(jax.random.key(0), config.hparams)
     state = state.replace(buffer=replay.add(state.buffer, replay.Transition(
