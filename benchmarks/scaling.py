@@ -65,7 +65,8 @@ def main() -> None:
         lines.append(f"| {row['mode']} | {row['devices']} | {row['num_envs']:,} | {row['sps']:.3g} | "
                      f"{row['updates_per_s']:.3g} | {row['sps'] / ideal:.0%} |")
     device = next((row["device"] for row in rows if "device" in row), "unknown")
-    text = f"Training throughput scaling on {device} (defaults, {args.iterations} vector steps per run)\n\n" + "\n".join(lines) + "\n"
+    text = (f"Training throughput scaling on {device} (defaults, {args.iterations} vector "
+            f"steps per run)\n\n") + "\n".join(lines) + "\n"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"device": device, "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))

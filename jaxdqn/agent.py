@@ -17,6 +17,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import optax
 from flax import struct
@@ -167,7 +168,9 @@ class DQN:
         batch = replay.sample(state.buffer, key, self.local_batch)
         loss, grads = jax.value_and_grad(self.loss)(state.params, state.target_params, batch, state.hparams.gamma)
         if self.axis_name is not None:
-            grads, loss = jax.lax.pmean((grads, loss), self.axis_name)
+            # One all-reduce of one flat vector rather than one per parameter leaf.
+            flat, unravel = jax.flatten_util.ravel_pytree((grads, loss))
+            grads, loss = unravel(jax.lax.pmean(flat, self.axis_name))
         param_updates, opt_state = self.make_optimizer(state.hparams.lr).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, param_updates)
         updates = state.updates + 1

@@ -1,0 +1,64 @@
+"""Several devices, one program: 4 CPU devices (XLA's host-platform device count) in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT, subprocess_env
+
+FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
+
+PARAMS_IDENTICAL = """
+import json, sys
+import jax, numpy as np
+from jaxdqn.config import TrainConfig
+from jaxdqn.train import build_program
+config = TrainConfig(num_envs=64, total_steps=64 * 48, buffer_size=64 * 16, batch_size=64, updates_per_step=4,
+                     learning_starts=256, chunk_steps=64 * 16, hidden_sizes=(32,)).validate()
+program = build_program(config)
+state = program.init(jax.random.key(0), config.hparams)
+for _ in range(config.num_chunks):
+    state, metrics = program.run_chunk(state)
+leaves = [np.asarray(leaf) for leaf in jax.tree.leaves((state.params, state.target_params, state.opt_state))]
+print(json.dumps({
+    "devices": program.num_devices,
+    "identical": all(bool((leaf == leaf[0]).all()) for leaf in leaves),
+    "updates": np.asarray(state.updates).tolist(),
+    "envs_differ": bool((np.asarray(state.obs)[0] != np.asarray(state.obs)[1]).any()),
+    "buffer_envs": int(state.buffer.data.action.shape[2]),
+}))
+"""
+
+
+def test_parameters_identical_on_every_device_after_training():
+    result = subprocess.run([sys.executable, "-c", PARAMS_IDENTICAL], cwd=ROOT,
+                            env=subprocess_env(XLA_FLAGS=FOUR_DEVICES), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 4
+    assert report["identical"]
+    assert report["updates"] == [(48 - 4 + 1) * 4] * 4  # learning starts on the 4th of 48 vector steps
+    assert report["envs_differ"]  # each device steps its own environments
+    assert report["buffer_envs"] == 16  # each device keeps its own quarter of the buffer
+
+
+def test_four_devices_learn_cartpole(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxdqn.train", "--env", "cartpole", "--num_envs", "4096", "--until_solved",
+         "--quiet", "--no_compile_cache", "--log_dir", str(tmp_path)],
+        cwd=ROOT, env=subprocess_env(XLA_FLAGS=FOUR_DEVICES), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["num_devices"] == 4
+    assert summary["steps_to_solve"] is not None and summary["eval_return_mean"] >= 475.0
+
+
+def test_more_devices_than_exist_is_one_line_exit_2():
+    result = subprocess.run([sys.executable, "-m", "jaxdqn.train", "--n_workers", "8", "--no_compile_cache"],
+                            cwd=ROOT, env=subprocess_env(XLA_FLAGS=FOUR_DEVICES), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "jaxdqn.train: error: --num_devices 8 asked for, but only 4 CPU device(s) exist"
