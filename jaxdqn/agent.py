@@ -163,9 +163,8 @@ class DQN:
         errors = losses.batch_td_error(q, batch.action, targets)
         return jnp.mean(losses.td_loss(errors, self.config.loss))
 
-    def update(self, state: TrainerState, key: jax.Array) -> tuple[TrainerState, jnp.ndarray]:
-        """One gradient update on a sampled batch, then the periodic target-network update."""
-        batch = replay.sample(state.buffer, key, self.local_batch)
+    def update(self, state: TrainerState, batch: replay.Transition) -> tuple[TrainerState, jnp.ndarray]:
+        """One gradient update on `batch` (leaves `[local_batch, ...]`), then the target-network update."""
         loss, grads = jax.value_and_grad(self.loss)(state.params, state.target_params, batch, state.hparams.gamma)
         if self.axis_name is not None:
             # One all-reduce of one flat vector rather than one per parameter leaf.
@@ -184,15 +183,19 @@ class DQN:
         return state.replace(params=params, target_params=target_params, opt_state=opt_state, updates=updates), loss
 
     def learn(self, state: TrainerState, key: jax.Array) -> tuple[TrainerState, jnp.ndarray]:
-        """`updates_per_step` gradient updates; returns the summed loss."""
+        """`updates_per_step` gradient updates; returns the summed loss.
+
+        The batches of all the updates are sampled up front, in one gather per field: the loop of
+        updates, which runs one after another on the device, then holds only the learning itself.
+        """
         replay_buffer = state.buffer  # read-only here: kept out of the loop's carry
+        batches = replay.sample(replay_buffer, key, (self.config.updates_per_step, self.local_batch))
 
-        def update(learner: TrainerState, update_key: jax.Array):
-            learner, loss = self.update(learner.replace(buffer=replay_buffer), update_key)
-            return learner.replace(buffer=None), loss
+        def update(learner: TrainerState, batch: replay.Transition):
+            learner, loss = self.update(learner, batch)
+            return learner, loss
 
-        learner, step_losses = jax.lax.scan(update, state.replace(buffer=None),
-                                            jax.random.split(key, self.config.updates_per_step),
+        learner, step_losses = jax.lax.scan(update, state.replace(buffer=None), batches,
                                             unroll=self.config.unroll_updates)
         return learner.replace(buffer=replay_buffer), jnp.sum(step_losses)
 

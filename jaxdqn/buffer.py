@@ -60,9 +60,10 @@ def add(buffer: ReplayBuffer, batch: Transition) -> ReplayBuffer:
     )
 
 
-def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int) -> Transition:
-    """Draws `batch_size` transitions uniformly (with replacement) from the filled slots."""
+def sample(buffer: ReplayBuffer, key: jax.Array, batch_shape: int | tuple[int, ...]) -> Transition:
+    """Draws transitions uniformly (with replacement) from the filled slots; leaves `[*batch_shape, ...]`."""
+    batch_shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
     num_filled = buffer.filled_rows * buffer.num_envs
-    flat_index = jax.random.randint(key, (batch_size,), 0, jnp.maximum(num_filled, 1))
+    flat_index = jax.random.randint(key, batch_shape, 0, jnp.maximum(num_filled, 1))
     rows, envs = flat_index // buffer.num_envs, flat_index % buffer.num_envs
     return jax.tree.map(lambda store: store[rows, envs], buffer.data)

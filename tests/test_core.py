@@ -97,7 +97,7 @@ def test_target_update_fires_every_n_updates_whatever_num_envs(small_config, num
     fired = []
     for i in range(9):
         before = state.target_params
-        state, _ = update(state, jax.random.key(i))
+        state, _ = update(state, replay.sample(state.buffer, jax.random.key(i), config.batch_size))
         changed = not all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), before, state.target_params)))
         if changed:  # with tau = 1 the target becomes an exact copy of the online network
             assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), state.params, state.target_params)))
@@ -113,7 +113,7 @@ def test_polyak_target_update(small_config):
     state = state.replace(buffer=replay.add(state.buffer, replay.Transition(
         obs=state.obs, action=jnp.zeros(16, jnp.int32), reward=jnp.ones(16),
         next_obs=state.obs, terminated=jnp.zeros(16, jnp.bool_))))
-    new_state, _ = jax.jit(dqn.update)(state, jax.random.key(1))
+    new_state, _ = jax.jit(dqn.update)(state, replay.sample(state.buffer, jax.random.key(1), config.batch_size))
     expected = jax.tree.map(lambda new, old: 0.25 * new + 0.75 * old, new_state.params, state.target_params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), new_state.target_params, expected)
 
@@ -155,3 +155,11 @@ def test_stored_next_obs_is_the_final_observation(small_config):
     np.testing.assert_array_equal(np.asarray(data.obs[:3, 0, 0]), [0.0, 1.0, 0.0])
     np.testing.assert_array_equal(np.asarray(data.next_obs[:3, 0, 0]), [1.0, 2.0, 1.0])
     assert not np.asarray(data.terminated[:3]).any()
+
+
+def test_buffer_samples_batches_for_several_updates_at_once():
+    buf = replay.init(4, _transition(0.0, num_envs=2))
+    buf = replay.add(buf, _transition(3.0, num_envs=2))
+    batches = replay.sample(buf, jax.random.key(1), (5, 7))
+    assert batches.obs.shape == (5, 7, 1) and batches.action.shape == (5, 7)
+    np.testing.assert_array_equal(np.asarray(batches.reward), 3.0)
