@@ -2,6 +2,19 @@
 
 Environments, replay buffer, acting and learning run in one jitted XLA program over thousands of
 gymnax environments, sharded over devices. See README.md.
+
+`jaxdqn.load_policy(DIR)` loads an agent saved by `python -m jaxdqn.train --save_model DIR` as a
+greedy policy; it is imported on first use, so that `import jaxdqn` stays cheap.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["load_policy"]
+
+
+def __getattr__(name: str):
+    if name == "load_policy":
+        from jaxdqn.checkpoint import load_policy
+
+        return load_policy
+    raise AttributeError(f"module 'jaxdqn' has no attribute {name!r}")

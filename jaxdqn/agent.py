@@ -87,6 +87,9 @@ class DQN:
         self.local_batch = max(1, config.batch_size // num_devices)
         self.num_actions = env.action_space(env_params).n
         self.learning_starts_iteration = -(-config.learning_starts // config.num_envs)
+        # Learning waits for the buffer to hold `learning_starts` transitions (or to be full), which
+        # also pauses it while a run resumed without its buffer refills it.
+        self.learning_starts_rows = min(max(1, self.learning_starts_iteration), config.buffer_rows)
 
     # Construction ----------------------------------------------------------------------------
     def make_optimizer(self, lr) -> optax.GradientTransformation:
@@ -226,7 +229,7 @@ class DQN:
             iteration=state.iteration + 1,
         )
         # Before `learning_starts` the updates are computed and discarded (a select, not a branch).
-        learned = state.iteration >= self.learning_starts_iteration
+        learned = state.buffer.filled_rows >= self.learning_starts_rows
         trained, loss_sum = self.learn(state, learn_key)
         keep = lambda new, old: jnp.where(learned, new, old)  # noqa: E731
         state = state.replace(

@@ -210,8 +210,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return _OneLineParser(prog=prog, description=description,
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return _OneLineParser(prog=prog, description=description)
 
 
 def build_config(flags: dict[str, Any], spec: EnvSpec, base: TrainConfig | None = None) -> TrainConfig:

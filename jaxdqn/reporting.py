@@ -46,6 +46,7 @@ class RunLog:
         self.log_dir = log_dir
         self.rows: list[dict[str, Any]] = []
         self.stream = stream
+        self.show_progress = show_progress
         self._bar = None
         self._csv_file = None
         if log_dir is not None:
@@ -77,9 +78,18 @@ class RunLog:
         if self._bar is not None:
             self._bar.update(row["env_steps"] - self._bar.n)
             self._bar.set_postfix(shown, refresh=True)
-        else:
+        elif self.show_progress:
             text = " ".join(f"{key}={value}" for key, value in shown.items())
             print(f"steps={row['env_steps']} updates={row['updates']} {text}", file=self.stream, flush=True)
+
+    def add_previous_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Writes the rows of the run this one resumes (metrics.csv, the learning curve) without showing them."""
+        for row in rows:
+            self.rows.append(row)
+            if self._csv_file is not None:
+                self._csv.writerow({key: _number(row.get(key)) for key in METRIC_COLUMNS})
+        if self._csv_file is not None:
+            self._csv_file.flush()
 
     def close(self) -> None:
         if self._bar is not None:

@@ -3,7 +3,8 @@
 Trains a Deep Q-Network (Mnih et al. 2013) on thousands of vectorized gymnax environments. The
 training itself is one jitted XLA program (`DQN.run_chunk` under `shard_map`, compiled once); this
 host loop only calls it chunk after chunk and, between chunks, evaluates the greedy policy, writes
-metrics and shows progress. The flags of the original PyTorch trainer (`--environment`, `--lr`,
+metrics, shows progress and saves Orbax checkpoints (`--save_model`, `--load_model` to resume; see
+`jaxdqn.checkpoint`). The flags of the original PyTorch trainer (`--environment`, `--lr`,
 `--batch_size`, `--gamma`, `--eps`, `--min_eps`, `--buffer_size`, `--max_grad_norm`,
 `--target_update_frequency`, `--n_workers`) keep working.
 """
@@ -13,12 +14,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jaxdqn.reporting import process_start_time
 
@@ -33,6 +33,9 @@ from jaxdqn.config import TrainConfig, add_config_flags, build_config, make_pars
 from jaxdqn.networks import make_network  # noqa: E402
 from jaxdqn.registry import ConfigError, EnvSpec, get_spec, make_env  # noqa: E402
 from jaxdqn.reporting import RunLog, plot_learning_curve, summary_line  # noqa: E402
+
+if TYPE_CHECKING:  # jaxdqn.checkpoint imports Orbax, so it is imported only when a run uses it
+    from jaxdqn.checkpoint import Checkpoint, CheckpointOptions
 
 DEFAULT_COMPILE_CACHE = os.environ.get("JAXDQN_COMPILE_CACHE", str(Path.home() / ".cache" / "jaxdqn" / "xla"))
 
@@ -87,59 +90,99 @@ def default_log_dir(env_name: str) -> Path:
 
 
 def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool = True,
-          stream=sys.stderr) -> dict[str, Any]:
-    """Trains per `config`, writing outputs to `log_dir` (None: write nothing); returns the summary."""
+          stream=sys.stderr, checkpoints: CheckpointOptions | None = None,
+          resume: Checkpoint | None = None) -> dict[str, Any]:
+    """Trains per `config`, writing outputs to `log_dir` (None: write nothing); returns the summary.
+
+    With `checkpoints`, saves Orbax checkpoints every `checkpoints.frequency` chunks and at the end.
+    With `resume` (from `jaxdqn.checkpoint.find`), continues that run: `config` must keep its shape
+    settings (see `jaxdqn.checkpoint.check_resume_config`).
+    """
     startup_s = time.time() - PROCESS_START
+    if resume is not None and resume.iteration >= config.total_iterations:
+        raise ConfigError(f"the checkpoint is at {resume.step} env steps, already at --total_steps "
+                          f"{config.total_steps}; pass a larger --total_steps to train on")
     program = build_program(config)
     dqn, threshold = program.dqn, program.spec.solved_threshold
     steps_per_chunk = config.chunk_iterations * config.num_envs
+    obs_shape = dqn.env.observation_space(dqn.env_params).shape
+    if resume is not None:  # before compiling: a mismatch is a one-line error, not a wait
+        from jaxdqn import checkpoint
+
+        checkpoint.check_env(resume, program.spec.name, obs_shape, dqn.num_actions)
+        checkpoint.check_devices(resume, program.num_devices)
 
     compile_start = time.time()
     state = program.init(jax.random.key(config.seed), config.hparams)
+    restore_s, start_chunk = 0.0, 0
+    if resume is not None:  # before compiling the chunk, so that a damaged checkpoint fails at once
+        restore_start = time.time()
+        state = jax.block_until_ready(checkpoint.restore_state(resume, state, program.num_devices))
+        restore_s = time.time() - restore_start
     run_chunk = program.run_chunk.lower(state).compile()
     params = parallel.first_device(state.params)
     eval_key = jax.random.key(config.seed + 1)
     evaluate = program.evaluate.lower(params, eval_key, config.eval_episodes).compile()
     jax.block_until_ready(state)
-    compile_s = time.time() - compile_start
+    compile_s = time.time() - compile_start - restore_s
+
+    solved_at: tuple[int, float] | None = None
+    if resume is not None:
+        start_chunk = resume.iteration // config.chunk_iterations
+        solved_at = tuple(resume.meta["solved_at"]) if resume.meta.get("solved_at") else None
+    start_iteration, start_updates = (int(parallel.first_device(leaf)) for leaf in (state.iteration, state.updates))
 
     log = RunLog(log_dir, config.num_chunks * steps_per_chunk, program.spec.name, show_progress, stream)
     log.write_json("config.json", dataclasses.asdict(config))
+    if resume is not None:
+        log.add_previous_rows(resume.meta.get("rows", []))
+    saver = None
+    if checkpoints is not None:
+        from jaxdqn import checkpoint
+
+        saver = checkpoint.Checkpointer(checkpoints, config, num_devices=program.num_devices, obs_shape=obs_shape,
+                                        num_actions=dqn.num_actions, log_dir=log_dir, resume=resume)
     train_start = time.time()
     eval_s = 0.0
-    solved_at: tuple[int, float] | None = None
     last_eval = None
-    for chunk in range(config.num_chunks):
-        state, metrics = run_chunk(state)
-        metrics = jax.tree.map(np.asarray, parallel.first_device(metrics))
-        env_steps = int(metrics.iteration) * config.num_envs
-        last_chunk = chunk == config.num_chunks - 1
-        row = {
-            "env_steps": env_steps,
-            "updates": int(metrics.updates),
-            "wall_s": time.time() - PROCESS_START,
-            "sps": env_steps / max(time.time() - train_start, 1e-9),
-            "train_return": float(metrics.train_return),
-            "eval_return": None,
-            "loss": float(metrics.loss),
-            "epsilon": float(metrics.epsilon),
-        }
-        if (chunk + 1) % config.eval_every_chunks == 0 or last_chunk:
-            eval_start = time.time()
-            returns, lengths = evaluate(parallel.first_device(state.params), jax.random.fold_in(eval_key, chunk))
-            returns, lengths = np.asarray(returns), np.asarray(lengths)
-            eval_s += time.time() - eval_start
-            last_eval = (returns, lengths, env_steps)
-            row["eval_return"] = float(returns.mean())
-            if solved_at is None and threshold is not None and returns.mean() >= threshold:
-                solved_at = (env_steps, time.time() - PROCESS_START)
-        log.add_row(row)
-        if config.until_solved and solved_at is not None:
-            break
-    train_s = time.time() - train_start
+    try:
+        for chunk in range(start_chunk, config.num_chunks):
+            state, metrics = run_chunk(state)
+            metrics = jax.tree.map(np.asarray, parallel.first_device(metrics))
+            env_steps = int(metrics.iteration) * config.num_envs
+            last_chunk = chunk == config.num_chunks - 1
+            row = {
+                "env_steps": env_steps,
+                "updates": int(metrics.updates),
+                "wall_s": time.time() - PROCESS_START,
+                "sps": (env_steps - start_iteration * config.num_envs) / max(time.time() - train_start, 1e-9),
+                "train_return": float(metrics.train_return),
+                "eval_return": None,
+                "loss": float(metrics.loss),
+                "epsilon": float(metrics.epsilon),
+            }
+            if (chunk + 1) % config.eval_every_chunks == 0 or last_chunk:
+                eval_start = time.time()
+                returns, lengths = evaluate(parallel.first_device(state.params), jax.random.fold_in(eval_key, chunk))
+                returns, lengths = np.asarray(returns), np.asarray(lengths)
+                eval_s += time.time() - eval_start
+                last_eval = (returns, lengths, env_steps)
+                row["eval_return"] = float(returns.mean())
+                if solved_at is None and threshold is not None and returns.mean() >= threshold:
+                    solved_at = (env_steps, time.time() - PROCESS_START)
+            log.add_row(row)
+            stop = last_chunk or (config.until_solved and solved_at is not None)
+            if saver is not None and ((chunk + 1) % checkpoints.frequency == 0 or stop):
+                saver.save(state, rows=log.rows, solved_at=solved_at)
+            if stop:
+                break
+        train_s = time.time() - train_start
+    finally:
+        if saver is not None:
+            saver.close()  # waits for the last checkpoint to be written, even after an error or Ctrl-C
     log.close()
-
     returns, lengths, env_steps = last_eval
+    steps_trained, updates_trained = env_steps - start_iteration * config.num_envs, int(metrics.updates) - start_updates
     summary = {
         "env": program.spec.name,
         "num_envs": config.num_envs,
@@ -152,8 +195,8 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
         "train_s": train_s,
         "eval_s": eval_s,
         "wall_s": time.time() - PROCESS_START,
-        "sps": env_steps / train_s,
-        "updates_per_s": int(metrics.updates) / train_s,
+        "sps": steps_trained / train_s,
+        "updates_per_s": updates_trained / train_s,
         "eval_return_mean": float(returns.mean()),
         "eval_return_std": float(returns.std()),
         "eval_return_min": float(returns.min()),
@@ -164,6 +207,13 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
         "steps_to_solve": solved_at[0] if solved_at else None,
         "seconds_to_solve": solved_at[1] if solved_at else None,
         "seed": config.seed,
+        "resumed_from_step": resume.step if resume is not None else None,
+        "restore_s": restore_s,
+        "checkpoint_dir": str(checkpoints.directory) if checkpoints is not None else None,
+        "checkpoints_saved": len(saver.saved_steps) if saver is not None else 0,
+        "last_checkpoint_step": saver.saved_steps[-1] if saver is not None else None,
+        "checkpoint_blocking_s": saver.blocking_s if saver is not None else None,
+        "checkpoint_final_wait_s": saver.close_s if saver is not None else None,
         "jax_version": jax.__version__,
         "log_dir": str(log_dir) if log_dir is not None else None,
     }
@@ -179,25 +229,93 @@ def make_train_parser() -> argparse.ArgumentParser:
                          "Flags marked [original flag] are those of the original PyTorch trainer.")
     add_config_flags(parser)
     parser.add_argument("--compile_cache", default=DEFAULT_COMPILE_CACHE, metavar="DIR",
-                        help="JAX persistent compilation cache folder ($JAXDQN_COMPILE_CACHE)")
+                        help="JAX persistent compilation cache folder (default: $JAXDQN_COMPILE_CACHE, else "
+                             "~/.cache/jaxdqn/xla)")
     parser.add_argument("--no_compile_cache", action="store_true", help="do not use the compilation cache")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-chunk log lines")
+    add_checkpoint_flags(parser)
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of saving and resuming; unset ones are absent from the namespace (resolved in `checkpoint_options`)."""
+    group = parser.add_argument_group("checkpoints (Orbax; see jaxdqn.checkpoint)")
+    unset = argparse.SUPPRESS
+    group.add_argument("--save_model", metavar="DIR", default=unset,
+                       help="save checkpoints to DIR (weights, optimizer, counters, RNG, env states and the "
+                            "config): every --checkpoint_frequency chunks and at the end. DIR must be new or "
+                            "empty unless it is the --load_model folder or --overwrite is given")
+    group.add_argument("--checkpoint_frequency", type=int, metavar="CHUNKS", default=unset,
+                       help="chunks between checkpoints; one chunk is --chunk_steps env steps, so a checkpoint "
+                            "every CHUNKS x chunk_steps env steps (default: 10, or the resumed run's)")
+    group.add_argument("--keep_checkpoints", type=int, metavar="N", default=unset,
+                       help="keep only the latest N checkpoints (default: 3, or the resumed run's)")
+    group.add_argument("--save_buffer", action=argparse.BooleanOptionalAction, default=unset,
+                       help="also save the replay buffer (buffer_size transitions: large). Without it a resumed "
+                            "run refills an empty buffer: it acts without learning until the buffer holds "
+                            "learning_starts transitions (or is full), then learns again "
+                            "(default: off, or the resumed run's)")
+    group.add_argument("--load_model", metavar="DIR", default=unset,
+                       help="resume the run saved in DIR from its latest complete checkpoint, with its config; "
+                            "flags may change settings that do not fix array shapes (e.g. --total_steps). "
+                            "Checkpoints keep going to DIR unless --save_model names another folder")
+    group.add_argument("--load_step", type=int, metavar="STEP", default=unset,
+                       help="resume from the checkpoint at STEP env steps instead of the latest")
+    group.add_argument("--overwrite", action="store_true", default=unset,
+                       help="let --save_model replace the checkpoints of another run, or, resuming from an "
+                            "earlier step into the same folder, the later checkpoints")
+
+
+def checkpoint_options(args: argparse.Namespace, resume: Checkpoint | None) -> CheckpointOptions | None:
+    """The run's checkpoint settings from the flags (a resumed run inherits its own), or None: no saving."""
+    flags = vars(args)
+    directory = flags.get("save_model") or (resume.directory if resume is not None else None)
+    if directory is None:
+        for name in ("checkpoint_frequency", "keep_checkpoints", "save_buffer", "overwrite"):
+            if name in flags:
+                raise ConfigError(f"--{name} needs --save_model (or --load_model)")
+        return None
+    from jaxdqn.checkpoint import CheckpointOptions
+
+    saved = resume.meta if resume is not None else {}
+    return CheckpointOptions(
+        directory=Path(directory),
+        frequency=flags.get("checkpoint_frequency", saved.get("checkpoint_frequency", 10)),
+        keep=flags.get("keep_checkpoints", saved.get("keep_checkpoints", 3)),
+        save_buffer=flags.get("save_buffer", saved.get("buffer_saved", False)),
+        overwrite=flags.get("overwrite", False),
+    ).validate()
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """The run's config from the flags, over the env's defaults, or over `base` (a resumed run's config)."""
     flags = {field.name: getattr(args, field.name, None) for field in dataclasses.fields(TrainConfig)}
-    spec = get_spec(flags["env"] or TrainConfig.env)
-    return build_config(flags, spec)
+    spec = get_spec(flags["env"] or (base.env if base is not None else TrainConfig.env))
+    return build_config(flags, spec, base)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_train_parser().parse_args(argv)
     try:
-        config = config_from_args(args)
+        resume = None
+        if "load_model" in vars(args):
+            from jaxdqn import checkpoint
+
+            resume = checkpoint.find(args.load_model, vars(args).get("load_step"))
+        elif "load_step" in vars(args):
+            raise ConfigError("--load_step needs --load_model")
+        config = config_from_args(args, base=resume.config if resume is not None else None)
+        if resume is not None:
+            checkpoint.check_resume_config(resume.config, config)
+        saving = checkpoint_options(args, resume)
+        if saving is not None:
+            from jaxdqn import checkpoint
+
+            checkpoint.check_save_dir(saving.directory, overwrite=saving.overwrite, resume=resume)
         enable_compile_cache(None if args.no_compile_cache else args.compile_cache)
-        log_dir = Path(config.log_dir) if config.log_dir else default_log_dir(config.env)
-        summary = train(config, log_dir=log_dir, show_progress=not args.quiet)
+        log_dir = config.log_dir or (resume.meta.get("log_dir") if resume is not None else None)
+        log_dir = Path(log_dir) if log_dir else default_log_dir(config.env)
+        summary = train(config, log_dir=log_dir, show_progress=not args.quiet, checkpoints=saving, resume=resume)
     except ConfigError as error:
         print(f"jaxdqn.train: error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,119 @@
+"""Evaluates a saved agent: `python -m jaxdqn.evaluate --load_model DIR [--env NAME] [--episodes N]`.
+
+The original project's tester, for Orbax checkpoints written by `python -m jaxdqn.train --save_model
+DIR`: it restores the agent's network from the checkpoint's config (device 0's parameters, so a run
+trained on several devices evaluates on one), runs N greedy episodes at once as one vmapped program
+(`jaxdqn.agent.evaluate_greedy`), prints the mean, std, min and max return and the mean length, and
+writes them to eval.json (in DIR unless --out says otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxdqn.config import make_parser
+from jaxdqn.registry import ConfigError
+
+
+def make_evaluate_parser() -> argparse.ArgumentParser:
+    parser = make_parser("jaxdqn.evaluate", "Evaluate the greedy policy of an agent saved by "
+                         "`python -m jaxdqn.train --save_model DIR`.")
+    parser.formatter_class = argparse.HelpFormatter  # the defaults are in the help texts
+    parser.add_argument("--load_model", required=True, metavar="DIR", help="the checkpoint folder")
+    parser.add_argument("--load_step", type=int, default=None, metavar="STEP",
+                        help="the checkpoint at STEP env steps (default: the latest)")
+    parser.add_argument("--env", "--environment", dest="env", default=None, metavar="NAME",
+                        help="environment to evaluate on (default: the checkpoint's); its observations and "
+                             "actions must fit the saved network")
+    parser.add_argument("--episodes", type=int, default=None, metavar="N",
+                        help="greedy episodes, run in parallel (default: the run's eval_episodes)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the episodes' resets and dynamics (default: 0)")
+    parser.add_argument("--out", default=None, metavar="PATH",
+                        help="where to write the results as JSON (a folder gets eval.json; default: DIR/eval.json)")
+    parser.add_argument("--compile_cache", default=None, metavar="DIR",
+                        help="JAX persistent compilation cache folder (default: the trainer's)")
+    parser.add_argument("--no_compile_cache", action="store_true", help="do not use the compilation cache")
+    return parser
+
+
+def evaluate(directory: str | Path, step: int | None = None, env: str | None = None, episodes: int | None = None,
+             seed: int = 0) -> dict[str, Any]:
+    """Restores the agent in `directory` and runs greedy episodes; returns the results (see eval.json).
+
+    Raises:
+      ConfigError: an unusable checkpoint or env (see `jaxdqn.checkpoint.load_agent`), episodes <= 0.
+    """
+    from jaxdqn.agent import evaluate_greedy
+    from jaxdqn.checkpoint import load_agent
+
+    if episodes is not None and episodes <= 0:
+        raise ConfigError(f"--episodes must be positive, got {episodes}")
+    agent = load_agent(directory, step, env)
+    episodes = episodes or agent.config.eval_episodes
+    run = jax.jit(evaluate_greedy, static_argnums=(0, 2, 5))
+    start = time.time()
+    returns, lengths = run(agent.env, agent.env_params, agent.network, agent.params, jax.random.key(seed), episodes)
+    returns, lengths = np.asarray(returns), np.asarray(lengths)
+    return {
+        "env": agent.env_name,
+        "checkpoint_dir": str(agent.checkpoint.directory),
+        "checkpoint_step": agent.checkpoint.step,
+        "trained_env": agent.config.env,
+        "episodes": int(returns.size),
+        "seed": seed,
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "return_min": float(returns.min()),
+        "return_max": float(returns.max()),
+        "length_mean": float(lengths.mean()),
+        "seconds": time.time() - start,
+        "returns": returns.tolist(),
+        "lengths": lengths.tolist(),
+        "device": jax.devices()[0].device_kind,
+        "jax_version": jax.__version__,
+    }
+
+
+def result_line(result: dict[str, Any]) -> str:
+    return (f"{result['env']} (checkpoint {result['checkpoint_dir']} at {result['checkpoint_step']:,} env steps): "
+            f"return {result['return_mean']:.1f} ± {result['return_std']:.1f} (min {result['return_min']:.1f}, "
+            f"max {result['return_max']:.1f}), mean length {result['length_mean']:.1f}, "
+            f"over {result['episodes']} greedy episodes (seed {result['seed']})")
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    if args.out is None:
+        return Path(args.load_model) / "eval.json"
+    out = Path(args.out)
+    return out / "eval.json" if out.is_dir() else out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_evaluate_parser().parse_args(argv)
+    try:
+        from jaxdqn.train import DEFAULT_COMPILE_CACHE, enable_compile_cache
+
+        enable_compile_cache(None if args.no_compile_cache else (args.compile_cache or DEFAULT_COMPILE_CACHE))
+        result = evaluate(args.load_model, args.load_step, args.env, args.episodes, args.seed)
+        path = output_path(args)
+        if not path.parent.is_dir():
+            raise ConfigError(f"--out {args.out}: folder {path.parent} does not exist")
+    except ConfigError as error:
+        print(f"jaxdqn.evaluate: error: {error}", file=sys.stderr)
+        return 2
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(result_line(result), flush=True)
+    print(f"wrote {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

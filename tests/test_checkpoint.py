@@ -1,0 +1,419 @@
+"""Orbax checkpoints: save and restore, resume (also after SIGKILL), the evaluate CLI, and bad input.
+
+Most tests share one uninterrupted reference run (`reference`), trained once in a subprocess with a
+checkpoint every 16 chunks; the other runs resume from its checkpoints and must end bit-identical
+to it. Subprocesses share one compilation cache, so an identical program compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxdqn import checkpoint
+from jaxdqn.registry import ConfigError
+from tests.conftest import ROOT, subprocess_env
+
+# 16 envs x 4 vector steps = 64 env steps per chunk; 64 chunks.
+TINY = ["--env", "cartpole", "--num_envs", "16", "--hidden_sizes", "16", "--chunk_steps", "64",
+        "--total_steps", "4096", "--buffer_size", "256", "--batch_size", "32", "--updates_per_step", "2",
+        "--learning_starts", "64", "--eps_decay_steps", "1024", "--eval_frequency", "1024",
+        "--eval_episodes", "8", "--quiet"]
+TOTAL_STEPS = 4096
+STEPS_PER_CHUNK = 64
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("xla_cache")
+
+
+def run_cli(module: str, *args, cache: Path | None = None, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    cache_flags = ["--compile_cache", str(cache)] if cache is not None else ["--no_compile_cache"]
+    return subprocess.run([sys.executable, "-m", module, *map(str, args), *cache_flags], cwd=ROOT,
+                          env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def train_cli(*args, cache: Path | None = None, **env) -> subprocess.CompletedProcess:
+    return run_cli("jaxdqn.train", *args, cache=cache, **env)
+
+
+def check_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@dataclasses.dataclass
+class Run:
+    checkpoints: Path
+    log_dir: Path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache_dir) -> Run:
+    """The uninterrupted run: replay buffer saved, checkpoints every 16 chunks, all four kept."""
+    root = tmp_path_factory.mktemp("reference")
+    run = Run(root / "ckpt", root / "log")
+    check_ok(train_cli(*TINY, "--log_dir", run.log_dir, "--save_model", run.checkpoints, "--save_buffer",
+                       "--checkpoint_frequency", 16, "--keep_checkpoints", 4, cache=cache_dir))
+    return run
+
+
+def saved_state(directory: Path, step: int) -> dict:
+    """A checkpoint's `state` item as a nested dict of numpy arrays (PRNG keys as their raw data)."""
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    finally:
+        manager.close()
+    return jax.tree.map(_raw, restored.state)
+
+
+def _raw(leaf) -> np.ndarray:
+    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    return np.asarray(leaf)
+
+
+def assert_trees_equal(a, b, skip: tuple[str, ...] = ()) -> None:
+    """Bit-identical leaves, compared by path (paths containing a `skip` word are left out)."""
+    flat_a = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(a)}
+    flat_b = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(b)}
+    keep = lambda path: not any(word in path for word in skip)  # noqa: E731
+    assert sorted(filter(keep, flat_a)) == sorted(filter(keep, flat_b))
+    differing = [path for path in flat_a if keep(path) and not np.array_equal(_raw(flat_a[path]), _raw(flat_b[path]))]
+    assert not differing, f"leaves differ: {differing}"
+
+
+def read_rows(log_dir: Path) -> list[dict[str, str]]:
+    lines = (log_dir / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    return [dict(zip(header, line.split(","))) for line in lines[1:]]
+
+
+def deterministic_columns(rows: list[dict[str, str]]) -> list[tuple]:
+    return [(row["env_steps"], row["updates"], row["train_return"], row["eval_return"], row["loss"], row["epsilon"])
+            for row in rows]
+
+
+def snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folders` with its size and modification time, to show that nothing changed."""
+    files = {}
+    for folder in folders:
+        for path in Path(folder).rglob("*"):
+            if path.is_file():
+                stat = path.stat()
+                files[str(path)] = (stat.st_size, stat.st_mtime_ns)
+    return files
+
+
+def tiny_config(**overrides):
+    from jaxdqn.config import TrainConfig
+
+    values = dict(env="CartPole-v1", num_envs=16, total_steps=256, buffer_size=256, batch_size=32, updates_per_step=2,
+                  learning_starts=32, chunk_steps=64, eval_episodes=8, hidden_sizes=(16,), eps_decay_steps=256)
+    values.update(overrides)
+    return TrainConfig(**values).validate()
+
+
+# Save and restore, in process --------------------------------------------------------------------
+
+def test_save_then_restore_is_bit_identical_and_gives_the_same_greedy_actions(tmp_path):
+    import jaxdqn
+    from jaxdqn import parallel
+    from jaxdqn.train import build_program
+
+    config = tiny_config()
+    program = build_program(config)
+    state, _ = program.run_chunk(program.init(jax.random.key(3), config.hparams))
+    obs_shape = program.dqn.env.observation_space(program.dqn.env_params).shape
+    for save_buffer in (True, False):
+        directory = tmp_path / f"buffer_{save_buffer}"
+        saver = checkpoint.Checkpointer(checkpoint.CheckpointOptions(directory, save_buffer=save_buffer), config,
+                                        num_devices=1, obs_shape=obs_shape, num_actions=2)
+        step = saver.save(state, rows=[{"env_steps": 64, "loss": float("nan")}], solved_at=None)
+        saver.close()
+        assert step == 64 and checkpoint.complete_steps(directory) == [64]
+
+        found = checkpoint.find(directory)
+        assert found.config == config and found.step == 64 and found.iteration == 4
+        assert found.meta["rows"] == [{"env_steps": 64, "loss": None}]
+        template = program.init(jax.random.key(99), config.hparams)  # other params, keys, envs
+        restored = checkpoint.restore_state(found, template, num_devices=1)
+        if save_buffer:
+            assert_trees_equal(restored, state)
+            assert int(parallel.first_device(restored.buffer.filled_rows)) == 4
+        else:  # everything but the buffer, which restarts empty
+            assert_trees_equal(restored, state, skip=(".buffer",))
+            assert int(parallel.first_device(restored.buffer.filled_rows)) == 0
+
+        policy, loaded_config = jaxdqn.load_policy(directory)
+        assert loaded_config == config
+        obs = parallel.first_device(state.obs)  # [16, 4]
+        expected = jnp.argmax(program.dqn.network.apply(parallel.first_device(state.params), obs), axis=-1)
+        np.testing.assert_array_equal(policy(obs), expected)
+        np.testing.assert_array_equal(jax.jit(policy)(obs), expected)  # jittable
+
+
+def test_unfinished_save_is_never_picked_up_and_is_cleaned_on_resume(reference, tmp_path):
+    directory = tmp_path / "ckpt"
+    shutil.copytree(reference.checkpoints, directory)
+    # What a run killed mid-save leaves: a later step still under Orbax's temporary name, half written.
+    unfinished = directory / f"{TOTAL_STEPS + 64}{checkpoint.TMP_SUFFIX}"
+    shutil.copytree(directory / str(TOTAL_STEPS), unfinished)
+    for data in (unfinished / "state" / "d").iterdir():
+        data.write_bytes(data.read_bytes()[:10])
+    found = checkpoint.find(directory)
+    assert found.step == TOTAL_STEPS and checkpoint.complete_steps(directory) == [1024, 2048, 3072, 4096]
+    # Resuming into the same folder is allowed and removes the unfinished save.
+    assert checkpoint.check_save_dir(directory, resume=found) == [unfinished]
+    saver = checkpoint.Checkpointer(checkpoint.CheckpointOptions(directory), found.config, num_devices=1,
+                                    obs_shape=(4,), num_actions=2, resume=found)
+    saver.close()
+    assert not unfinished.exists()
+    assert checkpoint.complete_steps(directory) == [1024, 2048, 3072, 4096]
+
+    only_unfinished = tmp_path / "only_unfinished"
+    only_unfinished.mkdir()
+    shutil.move(str(directory / "1024"), only_unfinished / f"1024{checkpoint.TMP_SUFFIX}")
+    with pytest.raises(ConfigError, match="no complete checkpoint.*unfinished"):
+        checkpoint.find(only_unfinished)
+
+
+def test_save_dir_rules(reference, tmp_path):
+    found = checkpoint.find(reference.checkpoints, step=2048)
+    latest = checkpoint.find(reference.checkpoints)
+    assert checkpoint.check_save_dir(tmp_path / "new") == []
+    assert checkpoint.check_save_dir(reference.checkpoints, resume=latest) == []
+    with pytest.raises(ConfigError, match="after the resumed step 2048"):
+        checkpoint.check_save_dir(reference.checkpoints, resume=found)
+    later = checkpoint.check_save_dir(reference.checkpoints, resume=found, overwrite=True)
+    assert sorted(path.name for path in later) == ["3072", "4096"]
+    with pytest.raises(ConfigError, match="another run"):
+        checkpoint.check_save_dir(reference.checkpoints)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        checkpoint.check_save_dir(tmp_path)
+    assert checkpoint.check_save_dir(tmp_path, overwrite=True) == []  # the user's files are never removed
+
+
+# Resume ------------------------------------------------------------------------------------------
+
+def test_reference_run_checkpoints_every_16_chunks_and_at_the_end(reference):
+    assert checkpoint.complete_steps(reference.checkpoints) == [1024, 2048, 3072, 4096]
+    found = checkpoint.find(reference.checkpoints)
+    assert found.buffer_saved and found.meta["num_devices"] == 1 and found.meta["log_dir"] == str(reference.log_dir)
+    assert [row["env_steps"] for row in found.meta["rows"]] == list(range(64, TOTAL_STEPS + 1, 64))
+    state = saved_state(reference.checkpoints, TOTAL_STEPS)
+    summary = json.loads((reference.log_dir / "summary.json").read_text())
+    assert int(state["iteration"][0]) * 16 == TOTAL_STEPS == summary["total_steps"]
+    assert int(state["updates"][0]) == summary["updates"]
+    assert summary["last_checkpoint_step"] == TOTAL_STEPS and summary["resumed_from_step"] is None
+
+
+@pytest.fixture(scope="module")
+def resumed(reference, tmp_path_factory, cache_dir) -> Run:
+    """The reference resumed from its 2048-step checkpoint into new folders, saving without the buffer."""
+    root = tmp_path_factory.mktemp("resumed")
+    run = Run(root / "ckpt", root / "log")
+    check_ok(train_cli("--load_model", reference.checkpoints, "--load_step", 2048, "--save_model", run.checkpoints,
+                       "--log_dir", run.log_dir, "--no-save_buffer", "--quiet", cache=cache_dir))
+    return run
+
+
+def test_resume_with_buffer_ends_bit_identical_to_the_uninterrupted_run(reference, resumed):
+    assert checkpoint.complete_steps(resumed.checkpoints) == [3072, 4096]  # the frequency is inherited
+    final = saved_state(resumed.checkpoints, TOTAL_STEPS)
+    assert final["buffer"] is None  # saved without it
+    assert_trees_equal(final, saved_state(reference.checkpoints, TOTAL_STEPS), skip=(".buffer", "['buffer']"))
+    # metrics.csv holds the rows before the resume too, and every row matches the uninterrupted run's
+    assert deterministic_columns(read_rows(resumed.log_dir)) == deterministic_columns(read_rows(reference.log_dir))
+    summary = json.loads((resumed.log_dir / "summary.json").read_text())
+    assert summary["total_steps"] == TOTAL_STEPS and summary["resumed_from_step"] == 2048
+
+
+def test_resume_without_buffer_refills_it_and_schedules_continue(reference, resumed, tmp_path, cache_dir):
+    log_dir = tmp_path / "log"
+    check_ok(train_cli("--load_model", resumed.checkpoints, "--load_step", 3072, "--log_dir", log_dir,
+                       "--save_model", tmp_path / "ckpt", cache=cache_dir))
+    rows = read_rows(log_dir)[3072 // STEPS_PER_CHUNK:]
+    reference_rows = read_rows(reference.log_dir)[3072 // STEPS_PER_CHUNK:]
+    assert [row["env_steps"] for row in rows] == [row["env_steps"] for row in reference_rows]
+    assert [row["epsilon"] for row in rows] == [row["epsilon"] for row in reference_rows]  # same schedule
+    # Learning waits until the refilled buffer holds learning_starts (64) env steps = 4 vector steps of
+    # 16 envs: the first chunk after the resume (4 vector steps, 2 updates each) learns only in its last.
+    updates_at_resume = int(read_rows(reference.log_dir)[3072 // STEPS_PER_CHUNK - 1]["updates"])
+    updates_per_chunk, first_chunk_updates = 4 * 2, 2
+    assert [int(row["updates"]) for row in rows] == [
+        updates_at_resume + first_chunk_updates + updates_per_chunk * chunk for chunk in range(len(rows))]
+    final = saved_state(tmp_path / "ckpt", TOTAL_STEPS)
+    assert int(final["updates"][0]) == int(reference_rows[-1]["updates"]) - (updates_per_chunk - first_chunk_updates)
+    counts = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(final["opt_state"])
+              if "count" in jax.tree_util.keystr(path)]
+    assert counts and all(int(count[0]) == int(final["updates"][0]) for count in counts)  # lr schedule continues
+
+
+def test_sigkill_mid_run_then_resume_finishes_like_the_uninterrupted_run(reference, tmp_path, cache_dir):
+    directory, log_dir = tmp_path / "ckpt", tmp_path / "log"
+    command = [sys.executable, "-m", "jaxdqn.train", *TINY, "--log_dir", str(log_dir), "--save_model", str(directory),
+               "--checkpoint_frequency", "1", "--save_buffer", "--compile_cache", str(cache_dir)]
+    process = subprocess.Popen(command, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not checkpoint.complete_steps(directory) and time.time() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        time.sleep(0.3)  # a few more chunks and saves; the kill lands at an arbitrary point
+        assert process.poll() is None, "the run ended before it could be killed"
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    steps_before = checkpoint.complete_steps(directory)
+    assert steps_before and steps_before[-1] < TOTAL_STEPS
+    assert not (log_dir / "summary.json").exists()
+
+    check_ok(train_cli("--load_model", directory, "--checkpoint_frequency", 1000, cache=cache_dir))
+    summary = json.loads((log_dir / "summary.json").read_text())
+    assert summary["total_steps"] == TOTAL_STEPS and summary["resumed_from_step"] == steps_before[-1]
+    steps_after = checkpoint.complete_steps(directory)
+    assert steps_after[-1] == TOTAL_STEPS and len(steps_after) == 3  # --keep_checkpoints 3 (default)
+    assert not [path for path in directory.iterdir() if checkpoint.TMP_SUFFIX in path.name]
+    assert_trees_equal(saved_state(directory, TOTAL_STEPS), saved_state(reference.checkpoints, TOTAL_STEPS))
+    assert deterministic_columns(read_rows(log_dir)) == deterministic_columns(read_rows(reference.log_dir))
+
+
+# Evaluate ----------------------------------------------------------------------------------------
+
+def test_evaluate_cli_end_to_end(reference, tmp_path, cache_dir):
+    from jaxdqn.evaluate import evaluate
+
+    before = snapshot(reference.checkpoints)
+    out = tmp_path / "results.json"
+    result = run_cli("jaxdqn.evaluate", "--load_model", reference.checkpoints, "--environment", "CartPole-v1",
+                     "--episodes", 12, "--seed", 5, "--load_step", 3072, "--out", out, cache=cache_dir)
+    check_ok(result)
+    assert "return" in result.stdout and "mean length" in result.stdout and "12 greedy episodes" in result.stdout
+    saved = json.loads(out.read_text())
+    assert saved["episodes"] == 12 == len(saved["returns"]) and saved["checkpoint_step"] == 3072
+    assert saved["return_min"] <= saved["return_mean"] <= saved["return_max"]
+    assert saved["return_std"] == pytest.approx(float(np.std(saved["returns"])))
+    assert snapshot(reference.checkpoints) == before  # --out elsewhere: the checkpoint folder is untouched
+    # the same numbers in process: restoring and evaluating is deterministic
+    again = evaluate(reference.checkpoints, step=3072, episodes=12, seed=5)
+    assert again["returns"] == saved["returns"] and again["lengths"] == saved["lengths"]
+
+    check_ok(run_cli("jaxdqn.evaluate", "--load_model", reference.checkpoints, cache=cache_dir))
+    default = json.loads((reference.checkpoints / "eval.json").read_text())
+    assert default["checkpoint_step"] == TOTAL_STEPS and default["episodes"] == 8  # the run's eval_episodes
+    (reference.checkpoints / "eval.json").unlink()
+
+
+def test_trained_on_two_devices_evaluates_on_one_but_resumes_only_on_two(tmp_path, cache_dir):
+    directory = tmp_path / "ckpt"
+    check_ok(train_cli(*TINY, "--total_steps", 256, "--save_model", directory, "--log_dir", tmp_path / "log",
+                       cache=cache_dir, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+    assert checkpoint.find(directory).meta["num_devices"] == 2
+    check_ok(run_cli("jaxdqn.evaluate", "--load_model", directory, cache=cache_dir))
+    before = snapshot(tmp_path)
+    result = train_cli("--load_model", directory, "--total_steps", 512, cache=cache_dir)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "jaxdqn.train: error: the checkpoint was saved by a run on 2 device(s), this run has 1; resume on 2 "
+        "(evaluating it needs only one)"]
+    assert snapshot(tmp_path) == before
+
+
+# Bad input: one line on stderr, exit code 2, nothing written ------------------------------------
+
+@pytest.fixture(scope="module")
+def damaged(reference, tmp_path_factory) -> dict[str, Path]:
+    """Copies of the reference checkpoints, each damaged in one way."""
+    root = tmp_path_factory.mktemp("damaged")
+    folders = {}
+    for name in ("truncated_params", "deleted_manifest", "empty", "foreign"):
+        folders[name] = root / name
+    shutil.copytree(reference.checkpoints, folders["truncated_params"])
+    for data in (folders["truncated_params"] / str(TOTAL_STEPS) / "params" / "d").iterdir():
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    shutil.copytree(reference.checkpoints, folders["deleted_manifest"])
+    (folders["deleted_manifest"] / str(TOTAL_STEPS) / "state" / "manifest.ocdbt").unlink()
+    folders["empty"].mkdir()
+    folders["foreign"].mkdir()
+    (folders["foreign"] / "notes.txt").write_text("not a checkpoint")
+    return folders
+
+
+BAD_INPUTS = {
+    "evaluate_missing_folder": (
+        "jaxdqn.evaluate", lambda ref, bad, tmp: ["--load_model", tmp / "missing"], "no such folder"),
+    "evaluate_no_checkpoint": (
+        "jaxdqn.evaluate", lambda ref, bad, tmp: ["--load_model", bad["empty"]], "holds no complete checkpoint"),
+    "evaluate_env_mismatch": (
+        "jaxdqn.evaluate", lambda ref, bad, tmp: ["--load_model", ref.checkpoints, "--env", "Acrobot-v1"],
+        "does not fit Acrobot-v1"),
+    "evaluate_truncated": (
+        "jaxdqn.evaluate", lambda ref, bad, tmp: ["--load_model", bad["truncated_params"]],
+        "corrupt or truncated.*--load_step 3072"),
+    "evaluate_missing_step": (
+        "jaxdqn.evaluate", lambda ref, bad, tmp: ["--load_model", ref.checkpoints, "--load_step", 100],
+        "no checkpoint at step 100"),
+    "train_deleted_file": (
+        "jaxdqn.train", lambda ref, bad, tmp: ["--load_model", bad["deleted_manifest"], "--total_steps", 8192],
+        "corrupt or truncated"),
+    "train_save_over_another_run": (
+        "jaxdqn.train", lambda ref, bad, tmp: [*TINY, "--save_model", ref.checkpoints, "--log_dir", tmp / "log"],
+        "already holds checkpoints of another run"),
+    "train_save_into_foreign_folder": (
+        "jaxdqn.train", lambda ref, bad, tmp: [*TINY, "--save_model", bad["foreign"], "--log_dir", tmp / "log"],
+        "not empty and holds no checkpoints"),
+    "train_shape_override": (
+        "jaxdqn.train", lambda ref, bad, tmp: ["--load_model", ref.checkpoints, "--num_envs", 32,
+                                               "--save_model", tmp / "new", "--log_dir", tmp / "log"],
+        "--num_envs 32 differs from the checkpoint's 16"),
+    "train_env_override": (
+        "jaxdqn.train", lambda ref, bad, tmp: ["--load_model", ref.checkpoints, "--env", "Acrobot-v1",
+                                               "--log_dir", tmp / "log"],
+        "--env Acrobot-v1 differs from the checkpoint's CartPole-v1"),
+    "train_already_done": (
+        "jaxdqn.train", lambda ref, bad, tmp: ["--load_model", ref.checkpoints, "--log_dir", tmp / "log"],
+        "already at --total_steps 4096"),
+    "train_load_step_without_load_model": (
+        "jaxdqn.train", lambda ref, bad, tmp: [*TINY, "--load_step", 1024, "--log_dir", tmp / "log"],
+        "--load_step needs --load_model"),
+    "train_zero_checkpoint_frequency": (
+        "jaxdqn.train", lambda ref, bad, tmp: [*TINY, "--save_model", tmp / "new", "--checkpoint_frequency", 0,
+                                               "--log_dir", tmp / "log"],
+        "--checkpoint_frequency must be positive"),
+    "train_missing_folder": (
+        "jaxdqn.train", lambda ref, bad, tmp: ["--load_model", tmp / "missing", "--log_dir", tmp / "log"],
+        "no such folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, reference, damaged, tmp_path, cache_dir):
+    import re
+
+    module, make_args, message = BAD_INPUTS[case]
+    args = make_args(reference, damaged, tmp_path)
+    before = snapshot(reference.checkpoints, reference.log_dir, *damaged.values(), tmp_path)
+    result = run_cli(module, *args, cache=cache_dir)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{module}: error: "), result.stderr[-2000:]
+    assert re.search(message, lines[0]), lines[0]
+    assert snapshot(reference.checkpoints, reference.log_dir, *damaged.values(), tmp_path) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == []  # no log or checkpoint folder was created
