@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import jax
 
-from jaxdqn.registry import ConfigError
+from jaxdqn.errors import ConfigError
 
 FLAGS = ("coordinator_address", "num_processes", "process_id")
 
@@ -38,8 +39,26 @@ def launched_by_cluster() -> bool:
     return False
 
 
+def initialize_from_argv(prog: str, argv: list[str]) -> None:
+    """`initialize` from a command line, before the program's heavy imports.
+
+    JAX's runtime must start before anything initialises a backend, and importing gymnax does (it
+    builds a `jnp` array at import), so the CLIs call this first. Bad flags: one line, exit 2.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    add_flags(parser)
+    args, _ = parser.parse_known_args(argv)
+    try:
+        initialize(args)
+    except ConfigError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def initialize(args: argparse.Namespace) -> None:
     """Joins the multi-process runtime when asked or detected; checks the flags first."""
+    if jax.distributed.is_initialized():
+        return
     given = {name: getattr(args, name, None) for name in FLAGS}
     if any(value is not None for value in given.values()):
         missing = [f"--{name}" for name, value in given.items() if value is None]

@@ -20,11 +20,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import sys
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import sys
-import types
+from jaxdqn.errors import ConfigError  # noqa: F401  (re-exported: jaxdqn.registry.ConfigError)
 
 
 class _DeferredModule(types.ModuleType):
@@ -60,10 +61,6 @@ def _import_gymnax():
 gymnax = _import_gymnax()
 from gymnax.environments import spaces  # noqa: E402
 from gymnax.environments.environment import Environment  # noqa: E402
-
-
-class ConfigError(ValueError):
-    """A user error (bad flag, unknown name, unusable checkpoint); the CLIs print it as one line."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,10 +24,15 @@ from jaxdqn.reporting import process_start_time
 
 PROCESS_START = process_start_time()
 
+if __name__ == "__main__":  # jax.distributed must start before gymnax's import initialises a backend
+    from jaxdqn import distributed as _distributed
+
+    _distributed.initialize_from_argv("jaxdqn.train", sys.argv[1:])
+
 import jax  # noqa: E402  (the process start is read before the slow imports)
 import numpy as np  # noqa: E402
 
-from jaxdqn import parallel  # noqa: E402
+from jaxdqn import distributed, parallel  # noqa: E402
 from jaxdqn.agent import DQN  # noqa: E402
 from jaxdqn.config import TrainConfig, add_config_flags, build_config, make_parser  # noqa: E402
 from jaxdqn.networks import make_network  # noqa: E402
@@ -234,6 +239,7 @@ def make_train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_compile_cache", action="store_true", help="do not use the compilation cache")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-chunk log lines")
     add_checkpoint_flags(parser)
+    distributed.add_flags(parser)
     return parser
 
 
@@ -297,6 +303,8 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
 def main(argv: list[str] | None = None) -> int:
     args = make_train_parser().parse_args(argv)
     try:
+        distributed.initialize(args)
+        main_process = distributed.is_main_process()
         resume = None
         if "load_model" in vars(args):
             from jaxdqn import checkpoint
@@ -308,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         if resume is not None:
             checkpoint.check_resume_config(resume.config, config)
         saving = checkpoint_options(args, resume)
+        if (saving is not None or resume is not None) and jax.process_count() > 1:
+            raise ConfigError("--save_model and --load_model are not supported with several processes yet")
         if saving is not None:
             from jaxdqn import checkpoint
 
@@ -315,11 +325,14 @@ def main(argv: list[str] | None = None) -> int:
         enable_compile_cache(None if args.no_compile_cache else args.compile_cache)
         log_dir = config.log_dir or (resume.meta.get("log_dir") if resume is not None else None)
         log_dir = Path(log_dir) if log_dir else default_log_dir(config.env)
-        summary = train(config, log_dir=log_dir, show_progress=not args.quiet, checkpoints=saving, resume=resume)
+        # Every process trains; process 0 alone shows progress, writes the outputs and prints.
+        summary = train(config, log_dir=log_dir if main_process else None,
+                        show_progress=main_process and not args.quiet, checkpoints=saving, resume=resume)
     except ConfigError as error:
         print(f"jaxdqn.train: error: {error}", file=sys.stderr)
         return 2
-    print(summary_line(summary), flush=True)
+    if main_process:
+        print(summary_line(summary), flush=True)
     return 0
 
 

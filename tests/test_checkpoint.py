@@ -321,17 +321,17 @@ def test_evaluate_cli_end_to_end(reference, tmp_path, cache_dir):
     (reference.checkpoints / "eval.json").unlink()
 
 
-def test_trained_on_two_devices_evaluates_on_one_but_resumes_only_on_two(tmp_path, cache_dir):
+def test_trained_on_four_devices_evaluates_on_one_but_resumes_only_on_four(tmp_path, cache_dir):
     directory = tmp_path / "ckpt"
     check_ok(train_cli(*TINY, "--total_steps", 256, "--save_model", directory, "--log_dir", tmp_path / "log",
-                       cache=cache_dir, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
-    assert checkpoint.find(directory).meta["num_devices"] == 2
+                       cache=cache_dir, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert checkpoint.find(directory).meta["num_devices"] == 4
     check_ok(run_cli("jaxdqn.evaluate", "--load_model", directory, cache=cache_dir))
     before = snapshot(tmp_path)
     result = train_cli("--load_model", directory, "--total_steps", 512, cache=cache_dir)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "jaxdqn.train: error: the checkpoint was saved by a run on 2 device(s), this run has 1; resume on 2 "
+        "jaxdqn.train: error: the checkpoint was saved by a run on 4 device(s), this run has 1; resume on 4 "
         "(evaluating it needs only one)"]
     assert snapshot(tmp_path) == before
 

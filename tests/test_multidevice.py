@@ -62,3 +62,63 @@ def test_more_devices_than_exist_is_one_line_exit_2():
                             timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == "jaxdqn.train: error: --num_devices 8 asked for, but only 4 CPU device(s) exist"
+
+
+TWO_PROCESS_WORKER = """
+import sys
+from jaxdqn import distributed
+distributed.initialize_from_argv("worker", sys.argv[1:])
+import jax, numpy as np
+from jaxdqn import parallel
+from jaxdqn.config import TrainConfig
+from jaxdqn.train import build_program
+config = TrainConfig(num_envs=64, total_steps=64 * 32, buffer_size=64 * 16, batch_size=64, updates_per_step=2,
+                     learning_starts=256, chunk_steps=64 * 16, hidden_sizes=(16,)).validate()
+program = build_program(config)
+state = program.init(jax.random.key(0), config.hparams)
+for _ in range(config.num_chunks):
+    state, _ = program.run_chunk(state)
+import hashlib
+digests = set()  # one digest of the parameter bytes per local device
+for position in range(len(jax.local_devices())):
+    copy = b"".join(np.asarray(leaf.addressable_shards[position].data).tobytes() for leaf in jax.tree.leaves(state.params))
+    digests.add(hashlib.sha256(copy).hexdigest())
+print("RESULT", jax.process_index(), jax.process_count(), program.num_devices, ",".join(sorted(digests)),
+      int(parallel.first_device(state.updates)))
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_processes_train_one_run_and_agree_on_parameters():
+    """Two real processes (2 CPU devices each) join with jax.distributed and train one 4-device program."""
+    flags = ["--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", "2"]
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    workers = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_WORKER, *flags, "--process_id", str(index)],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for index in range(2)]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    results = {}
+    for worker, (stdout, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr[-2000:]
+        fields = next(line for line in stdout.splitlines() if line.startswith("RESULT")).split()
+        results[int(fields[1])] = fields[2:]
+    assert set(results) == {0, 1}
+    for process_count, devices, _, updates in results.values():
+        assert (process_count, devices, updates) == ("2", "4", str((32 - 4 + 1) * 2))
+    # each process saw one digest for its two devices' copies, and both processes the same one
+    assert "," not in results[0][2] and results[0][2] == results[1][2]
+
+
+def test_distributed_flags_given_partly_are_one_line_exit_2():
+    result = subprocess.run([sys.executable, "-m", "jaxdqn.train", "--num_processes", "2"], cwd=ROOT,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("jaxdqn.train: error: distributed flags given partly: also pass "
+                                     "--coordinator_address, --process_id")
