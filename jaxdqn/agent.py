@@ -9,6 +9,15 @@ Layers (see the README): `init` and `train_step` are plain functions without `ja
 `run_chunk` scans `train_step` (layer 2, the jit boundary, applied by the caller); `jaxdqn.parallel`
 runs the same functions under `shard_map` over devices, passing `axis_name` so that gradients and
 metrics are averaged over devices (brax's pattern: one code path for one device and many).
+
+Rainbow-style variants (Hessel et al. 2018), each a static `TrainConfig` flag, off by default and
+combinable: Double DQN (`double`, on by default), dueling heads (`dueling`, in `jaxdqn.networks`),
+n-step returns (`n_step`) and proportional prioritized replay (`prioritized`, both in `jaxdqn.buffer`).
+They are Python branches on the static config: a variant that is off adds nothing to the program.
+Prioritized replay samples every batch of a vector step up front with the priorities as they were at
+its start, and writes the new priorities (each sampled slot's latest |TD error|) once, after the step's
+`updates_per_step` updates; its importance-sampling exponent beta is annealed linearly from
+`priority_beta` to 1 over the run's env steps.
 """
 
 from __future__ import annotations
@@ -89,7 +98,8 @@ class DQN:
         self.learning_starts_iteration = -(-config.learning_starts // config.num_envs)
         # Learning waits for the buffer to hold `learning_starts` transitions (or to be full), which
         # also pauses it while a run resumed without its buffer refills it.
-        self.learning_starts_rows = min(max(1, self.learning_starts_iteration), config.buffer_rows)
+        # n-step returns need n rows before the first start is complete.
+        self.learning_starts_rows = min(max(config.n_step, self.learning_starts_iteration), config.buffer_rows)
 
     # Construction ----------------------------------------------------------------------------
     def make_optimizer(self, lr) -> optax.GradientTransformation:
@@ -121,12 +131,13 @@ class DQN:
             reward=jnp.zeros(self.local_envs, jnp.float32),
             next_obs=obs,
             terminated=jnp.zeros(self.local_envs, jnp.bool_),
+            truncated=jnp.zeros(self.local_envs, jnp.bool_) if self.config.n_step > 1 else None,
         )
         return TrainerState(
             params=params,
             target_params=params,
             opt_state=self.make_optimizer(hparams.lr).init(params),
-            buffer=replay.init(self.config.buffer_rows, example),
+            buffer=replay.init(self.config.buffer_rows, example, prioritized=self.config.prioritized),
             env_state=env_state,
             obs=obs,
             episode_return=jnp.zeros(self.local_envs, jnp.float32),
@@ -153,8 +164,13 @@ class DQN:
         return jnp.where(explore, random_actions, greedy)
 
     # Learning --------------------------------------------------------------------------------
-    def loss(self, params, target_params, batch: replay.Transition, gamma: jnp.ndarray) -> jnp.ndarray:
-        """Mean TD loss of a batch (Double DQN targets when `config.double`)."""
+    def priority_beta(self, iteration: jnp.ndarray) -> jnp.ndarray:
+        """Prioritized replay's importance-sampling exponent: linear from `priority_beta` to 1 over the run."""
+        fraction = jnp.clip(iteration.astype(jnp.float32) / self.config.total_iterations, 0.0, 1.0)
+        return self.config.priority_beta + fraction * (1.0 - self.config.priority_beta)
+
+    def td_errors(self, params, target_params, batch: replay.Batch) -> jnp.ndarray:
+        """`[batch]` TD errors y - Q(s, a), with y = reward + discount * value(next_obs) (Double DQN if set)."""
         batch_size = batch.action.shape[0]
         if self.config.double:  # one forward pass of the online network over s and s'
             q_both = self.network.apply(params, jnp.concatenate([batch.obs, batch.next_obs]))
@@ -162,13 +178,33 @@ class DQN:
         else:
             q, next_q_online = self.network.apply(params, batch.obs), None
         next_q_target = self.network.apply(target_params, batch.next_obs)
-        targets = losses.batch_targets(batch.reward, batch.terminated, gamma, next_q_target, next_q_online)
-        errors = losses.batch_td_error(q, batch.action, targets)
-        return jnp.mean(losses.td_loss(errors, self.config.loss))
+        targets = losses.batch_targets(batch.reward, batch.discount, next_q_target, next_q_online)
+        return losses.batch_td_error(q, batch.action, targets)
 
-    def update(self, state: TrainerState, batch: replay.Transition) -> tuple[TrainerState, jnp.ndarray]:
-        """One gradient update on `batch` (leaves `[local_batch, ...]`), then the target-network update."""
-        loss, grads = jax.value_and_grad(self.loss)(state.params, state.target_params, batch, state.hparams.gamma)
+    def loss_and_errors(self, params, target_params, batch: replay.Batch) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Mean TD loss of a batch, importance-weighted if `batch.weight` is set, and its TD errors."""
+        errors = self.td_errors(params, target_params, batch)
+        elementwise = losses.td_loss(errors, self.config.loss)
+        if batch.weight is not None:  # prioritized replay's importance-sampling correction
+            elementwise = batch.weight * elementwise
+        return jnp.mean(elementwise), errors
+
+    def loss(self, params, target_params, batch: replay.Batch) -> jnp.ndarray:
+        """Mean TD loss of a batch (Double DQN targets when `config.double`; weighted if `batch.weight`)."""
+        return self.loss_and_errors(params, target_params, batch)[0]
+
+    def update(self, state: TrainerState, batch: replay.Batch) -> tuple[TrainerState, jnp.ndarray, jnp.ndarray]:
+        """One gradient update on `batch` (leaves `[local_batch, ...]`), then the target-network update.
+
+        Returns the new state, the loss and, with prioritized replay, the batch's TD errors before the
+        update (else None).
+        """
+        if self.config.prioritized:  # the errors become the sampled slots' new priorities
+            (loss, errors), grads = jax.value_and_grad(self.loss_and_errors, has_aux=True)(
+                state.params, state.target_params, batch)
+        else:
+            loss, grads = jax.value_and_grad(self.loss)(state.params, state.target_params, batch)
+            errors = None
         if self.axis_name is not None:
             # One all-reduce of one flat vector rather than one per parameter leaf.
             flat, unravel = jax.flatten_util.ravel_pytree((grads, loss))
@@ -183,23 +219,40 @@ class DQN:
             optax.incremental_update(params, state.target_params, state.hparams.tau),
             state.target_params,
         )
-        return state.replace(params=params, target_params=target_params, opt_state=opt_state, updates=updates), loss
+        state = state.replace(params=params, target_params=target_params, opt_state=opt_state, updates=updates)
+        return state, loss, errors
+
+    def sample_batches(self, buffer: replay.ReplayBuffer, key: jax.Array, iteration: jnp.ndarray,
+                       gamma: jnp.ndarray) -> tuple[replay.Batch, tuple[jnp.ndarray, jnp.ndarray]]:
+        """The batches of all of a vector step's updates (leaves `[updates_per_step, local_batch, ...]`).
+
+        Returns the batches and the `(rows, envs)` slots they start at.
+        """
+        shape, n_step = (self.config.updates_per_step, self.local_batch), self.config.n_step
+        if self.config.prioritized:
+            rows, envs, weights = replay.sample_prioritized(buffer, key, shape, self.priority_beta(iteration), n_step)
+        else:
+            (rows, envs), weights = replay.sample_uniform(buffer, key, shape, n_step), None
+        return replay.gather_batch(buffer, rows, envs, gamma, n_step).replace(weight=weights), (rows, envs)
 
     def learn(self, state: TrainerState, key: jax.Array) -> tuple[TrainerState, jnp.ndarray]:
         """`updates_per_step` gradient updates; returns the summed loss.
 
         The batches of all the updates are sampled up front, in one gather per field: the loop of
         updates, which runs one after another on the device, then holds only the learning itself.
+        With prioritized replay the sampled slots' priorities are rewritten after the loop.
         """
         replay_buffer = state.buffer  # read-only here: kept out of the loop's carry
-        batches = replay.sample(replay_buffer, key, (self.config.updates_per_step, self.local_batch))
+        batches, (rows, envs) = self.sample_batches(replay_buffer, key, state.iteration, state.hparams.gamma)
 
-        def update(learner: TrainerState, batch: replay.Transition):
-            learner, loss = self.update(learner, batch)
-            return learner, loss
+        def update(learner: TrainerState, batch: replay.Batch):
+            learner, loss, errors = self.update(learner, batch)
+            return learner, (loss, errors)
 
-        learner, step_losses = jax.lax.scan(update, state.replace(buffer=None), batches,
-                                            unroll=self.config.unroll_updates)
+        learner, (step_losses, errors) = jax.lax.scan(update, state.replace(buffer=None), batches,
+                                                      unroll=self.config.unroll_updates)
+        if self.config.prioritized:
+            replay_buffer = replay.update_priorities(replay_buffer, rows, envs, errors, self.config.priority_alpha)
         return learner.replace(buffer=replay_buffer), jnp.sum(step_losses)
 
     # One iteration ---------------------------------------------------------------------------
@@ -214,7 +267,8 @@ class DQN:
         reward = reward.astype(jnp.float32)
         # The stored next observation is the pre-reset one; only `terminated` cuts the bootstrap.
         transition = replay.Transition(
-            obs=state.obs, action=action, reward=reward, next_obs=info["final_observation"], terminated=terminated
+            obs=state.obs, action=action, reward=reward, next_obs=info["final_observation"], terminated=terminated,
+            truncated=truncated if self.config.n_step > 1 else None,  # n-step windows stop at any episode end
         )
         done = jnp.logical_or(terminated, truncated)
         episode_return = state.episode_return + reward
@@ -238,6 +292,11 @@ class DQN:
             opt_state=jax.tree.map(keep, trained.opt_state, state.opt_state),
             updates=keep(trained.updates, state.updates),
         )
+        if self.config.prioritized:  # the priorities written by `learn`, if it counted
+            state = state.replace(buffer=state.buffer.replace(
+                priority=keep(trained.buffer.priority, state.buffer.priority),
+                max_priority=keep(trained.buffer.max_priority, state.buffer.max_priority),
+            ))
         loss_sum = jnp.where(learned, loss_sum, 0.0)
         metrics = StepMetrics(
             loss_sum=loss_sum,

@@ -5,6 +5,22 @@ row with `dynamic_update_slice`, so an insert costs one contiguous copy whatever
 oldest row is overwritten once the buffer is full. Sampling draws uniformly among filled slots only.
 The next observation is stored beside the observation, because at an episode's end it is the
 environment's final observation (gymnax's `info["final_observation"]`), not the reset one.
+
+Two Rainbow components (Hessel et al. 2018) live here too:
+
+- n-step returns (Sutton 1988, "Learning to Predict by the Methods of Temporal Differences"): a
+  sampled start (row t, env e) follows env e through rows t, t+1, ..., t+n-1 (consecutive vector steps
+  of one env are consecutive rows), sums gamma^k r_k up to the first transition that ends the episode
+  (terminated or truncated, hence `Transition.truncated`), and bootstraps from that transition's stored
+  next observation with gamma^(k+1), unless it was `terminated`. Starts are drawn only among rows
+  whose n-1 successors are written: never the newest n-1 rows, whose window would cross the write head.
+- proportional prioritized replay (Schaul et al. 2016, "Prioritized Experience Replay"): slot i is drawn
+  with probability P(i) = p_i / sum_j p_j, p_i = (|delta_i| + eps)^alpha, new transitions getting the
+  largest priority given so far. Draws use a two-level cumulative sum recomputed from the priorities at
+  every vector step (per-row sums `[rows]`, then within the chosen row `[num_envs]`), searched by
+  unrolled binary search: O(rows * num_envs) once per vector step, O(log rows + log num_envs) per draw,
+  no sum-tree. A float32 sum-tree that is updated incrementally accumulates rounding error in its inner
+  nodes (a known pitfall, e.g. flashbax's); sums recomputed every time, split in two levels, do not drift.
 """
 
 from __future__ import annotations
@@ -12,6 +28,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from jaxdqn import losses
+
+PRIORITY_EPS = 1e-6  # eps of p_i = (|delta_i| + eps)^alpha: no transition's priority is ever 0
 
 
 @struct.dataclass
@@ -23,6 +43,7 @@ class Transition:
     reward: jnp.ndarray
     next_obs: jnp.ndarray
     terminated: jnp.ndarray  # bool: a true terminal state (not a time-limit truncation)
+    truncated: jnp.ndarray | None = None  # bool: a time-limit end; stored only for n-step returns
 
 
 @struct.dataclass
@@ -30,6 +51,9 @@ class ReplayBuffer:
     data: Transition  # leaves shaped [rows, num_envs, ...]
     next_row: jnp.ndarray  # int32: the row the next insert writes
     filled_rows: jnp.ndarray  # int32: rows holding data, up to rows
+    # Prioritized replay only (None otherwise):
+    priority: jnp.ndarray | None = None  # [rows, num_envs] float32 p_i = (|delta_i| + eps)^alpha; 0 if empty
+    max_priority: jnp.ndarray | None = None  # float32: the largest priority given so far (new slots get it)
 
     @property
     def rows(self) -> int:
@@ -40,10 +64,31 @@ class ReplayBuffer:
         return self.data.action.shape[1]
 
 
-def init(rows: int, example: Transition) -> ReplayBuffer:
+@struct.dataclass
+class Batch:
+    """What a gradient update learns from: the target is `reward + discount * value(next_obs)`.
+
+    One step: `reward` = r, `next_obs` = s', `discount` = gamma * (1 - terminated). n steps: `reward` =
+    sum_k gamma^k r_k up to the episode's end, `next_obs` the observation bootstrapped from, `discount` =
+    gamma^k * (1 - terminated) for the k steps taken.
+    """
+
+    obs: jnp.ndarray
+    action: jnp.ndarray
+    reward: jnp.ndarray
+    next_obs: jnp.ndarray
+    discount: jnp.ndarray
+    weight: jnp.ndarray | None = None  # importance-sampling weights (prioritized replay), else None
+
+
+def init(rows: int, example: Transition, prioritized: bool = False) -> ReplayBuffer:
     """Allocates a buffer of `rows` vector steps shaped like `example` (leaves `[num_envs, ...]`)."""
     data = jax.tree.map(lambda leaf: jnp.zeros((rows, *leaf.shape), leaf.dtype), example)
-    return ReplayBuffer(data=data, next_row=jnp.int32(0), filled_rows=jnp.int32(0))
+    buffer = ReplayBuffer(data=data, next_row=jnp.int32(0), filled_rows=jnp.int32(0))
+    if prioritized:  # p_1 = 1 (Schaul et al., Algorithm 1); empty slots have priority 0
+        buffer = buffer.replace(priority=jnp.zeros((rows, example.action.shape[0]), jnp.float32),
+                                max_priority=jnp.float32(1.0))
+    return buffer
 
 
 def add(buffer: ReplayBuffer, batch: Transition) -> ReplayBuffer:
@@ -53,17 +98,137 @@ def add(buffer: ReplayBuffer, batch: Transition) -> ReplayBuffer:
         buffer.data,
         batch,
     )
-    return ReplayBuffer(
+    priority = buffer.priority
+    if priority is not None:  # new transitions get the largest priority so far
+        new = jnp.broadcast_to(buffer.max_priority, priority.shape[1:])
+        priority = jax.lax.dynamic_update_index_in_dim(priority, new, buffer.next_row, 0)
+    return buffer.replace(
         data=data,
         next_row=(buffer.next_row + 1) % buffer.rows,
         filled_rows=jnp.minimum(buffer.filled_rows + 1, buffer.rows),
+        priority=priority,
     )
 
 
+# Sampling ------------------------------------------------------------------------------------
+
 def sample(buffer: ReplayBuffer, key: jax.Array, batch_shape: int | tuple[int, ...]) -> Transition:
     """Draws transitions uniformly (with replacement) from the filled slots; leaves `[*batch_shape, ...]`."""
-    batch_shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
-    num_filled = buffer.filled_rows * buffer.num_envs
-    flat_index = jax.random.randint(key, batch_shape, 0, jnp.maximum(num_filled, 1))
-    rows, envs = flat_index // buffer.num_envs, flat_index % buffer.num_envs
+    rows, envs = sample_uniform(buffer, key, batch_shape)
     return jax.tree.map(lambda store: store[rows, envs], buffer.data)
+
+
+def sample_uniform(buffer: ReplayBuffer, key: jax.Array, batch_shape: int | tuple[int, ...],
+                   n_step: int = 1) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Uniform `(rows, envs)` indices `[*batch_shape]` of start slots whose n-1 successors are written."""
+    batch_shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
+    start_rows = buffer.filled_rows - (n_step - 1)
+    flat_index = jax.random.randint(key, batch_shape, 0, jnp.maximum(start_rows * buffer.num_envs, 1))
+    offset, envs = flat_index // buffer.num_envs, flat_index % buffer.num_envs
+    if n_step == 1:  # every filled row is a start: index the rows directly
+        return offset, envs
+    oldest = buffer.next_row - buffer.filled_rows  # counting from the oldest row skips the newest n-1
+    return (oldest + offset) % buffer.rows, envs
+
+
+def valid_start_rows(buffer: ReplayBuffer, n_step: int = 1) -> jnp.ndarray:
+    """`[rows]` bool: the row is written and so are its n-1 successors (it is not among the newest n-1)."""
+    age = (buffer.next_row - 1 - jnp.arange(buffer.rows)) % buffer.rows  # 0: the newest row
+    return (age >= n_step - 1) & (age < buffer.filled_rows)
+
+
+def sample_prioritized(buffer: ReplayBuffer, key: jax.Array, batch_shape: int | tuple[int, ...], beta,
+                       n_step: int = 1) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Draws `(rows, envs, weights)` `[*batch_shape]` with P(i) = p_i / sum_j p_j (Schaul et al. 2016).
+
+    Weights are w_i = (N * P(i))^-beta / max_j w_j with N the number of valid start slots; the largest
+    weight is that of the smallest priority, so w_i = (p_min / p_i)^beta exactly. With replacement.
+    """
+    batch_shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
+    valid = valid_start_rows(buffer, n_step)
+    priority = buffer.priority
+    within_row = jnp.cumsum(priority, axis=1)  # [rows, num_envs]
+    row_mass = jnp.where(valid, within_row[:, -1], 0.0)
+    row_cumulative = jnp.cumsum(row_mass)  # [rows]
+    row_key, env_key = jax.random.split(key)
+    # Level 1: a row with probability row_mass / total.
+    rows = _first_above(row_cumulative[None], jnp.zeros(batch_shape, jnp.int32),
+                        _scaled_uniform(row_key, batch_shape, row_cumulative[-1]))
+    rows = jnp.where(row_mass[rows] > 0.0, rows, jnp.argmax(row_mass))  # rounding never picks an invalid row
+    # Level 2: a slot of that row with probability p / row_mass (a fresh uniform, so no precision is lost).
+    envs = _first_above(within_row, rows, _scaled_uniform(env_key, batch_shape, within_row[rows, -1]))
+    smallest = jnp.min(jnp.where(valid[:, None], priority, jnp.inf))
+    weights = (smallest / priority[rows, envs]) ** beta
+    return rows, envs, weights
+
+
+def _scaled_uniform(key: jax.Array, shape: tuple[int, ...], total: jnp.ndarray) -> jnp.ndarray:
+    """Uniform in [0, total), kept strictly below total after rounding."""
+    return jnp.minimum(jax.random.uniform(key, shape) * total, jnp.nextafter(total, jnp.float32(0.0)))
+
+
+def _first_above(cumulative: jnp.ndarray, row: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+    """Per draw, the first column j with `cumulative[row, j] > target` (the last column if none).
+
+    `cumulative` is `[rows, width]`, non-decreasing along each row. A binary search unrolled into
+    ceil(log2(width)) gathers of one element per draw: no device loop, no `[draws, width]` array.
+    """
+    width = cumulative.shape[1]
+    low = jnp.zeros(target.shape, jnp.int32)
+    high = jnp.full(target.shape, width - 1, jnp.int32)
+    for _ in range((width - 1).bit_length()):
+        middle = (low + high) // 2
+        go_right = cumulative[row, middle] <= target
+        low = jnp.where(go_right, middle + 1, low)
+        high = jnp.where(go_right, high, middle)
+    return low
+
+
+# Batches and priorities ----------------------------------------------------------------------
+
+def one_step(transition: Transition, gamma) -> Batch:
+    """The one-step batch of sampled transitions: discount = gamma * (1 - terminated)."""
+    return Batch(obs=transition.obs, action=transition.action, reward=transition.reward,
+                 next_obs=transition.next_obs, discount=losses.one_step_discount(transition.terminated, gamma))
+
+
+def gather_batch(buffer: ReplayBuffer, rows: jnp.ndarray, envs: jnp.ndarray, gamma, n_step: int = 1) -> Batch:
+    """The (n-step) batch that starts at slots `(rows, envs)`, any shape; see the module docstring."""
+    data = buffer.data
+    if n_step == 1:
+        return one_step(jax.tree.map(lambda store: store[rows, envs], data), gamma)
+    steps = (rows[..., None] + jnp.arange(n_step)) % buffer.rows  # [..., n]: the window's rows
+    env = envs[..., None]
+    reward, terminated = data.reward[steps, env], data.terminated[steps, env]
+    ended = terminated | data.truncated[steps, env]
+    counted = (jnp.cumsum(ended, axis=-1) - ended) == 0  # no earlier step of the window ended the episode
+    taken = jnp.sum(counted, axis=-1)  # k: steps up to and including the first end, at most n
+    last = taken - 1  # the window index of the transition bootstrapped from
+    powers = gamma ** jnp.arange(n_step, dtype=jnp.float32)
+    bootstrap_terminated = jnp.take_along_axis(terminated, last[..., None], axis=-1)[..., 0]
+    return Batch(
+        obs=data.obs[rows, envs],
+        action=data.action[rows, envs],
+        reward=jnp.sum(jnp.where(counted, powers * reward, 0.0), axis=-1),
+        next_obs=data.next_obs[jnp.take_along_axis(steps, last[..., None], axis=-1)[..., 0], envs],
+        discount=gamma ** taken.astype(jnp.float32) * (1.0 - bootstrap_terminated.astype(jnp.float32)),
+    )
+
+
+def update_priorities(buffer: ReplayBuffer, rows: jnp.ndarray, envs: jnp.ndarray, td_error: jnp.ndarray,
+                      alpha: float) -> ReplayBuffer:
+    """Sets p = (|td_error| + eps)^alpha at `(rows, envs)` (same shapes, in update order).
+
+    A slot drawn several times keeps its last draw's error (the latest network's), whatever the device:
+    a stable sort puts each slot's draws in order, and only the last of each is written.
+    """
+    priority = (jnp.abs(td_error) + PRIORITY_EPS) ** alpha
+    slots = (rows * buffer.num_envs + envs).reshape(-1)
+    values = priority.reshape(-1).astype(jnp.float32)
+    order = jnp.argsort(slots, stable=True)
+    sorted_slots = slots[order]
+    last_draw = jnp.append(sorted_slots[1:] != sorted_slots[:-1], True)
+    targets = jnp.where(last_draw, sorted_slots, buffer.priority.size)  # out of range: dropped
+    flat = buffer.priority.reshape(-1).at[targets].set(values[order], mode="drop")
+    return buffer.replace(priority=flat.reshape(buffer.priority.shape),
+                          max_priority=jnp.maximum(buffer.max_priority, jnp.max(values)))

@@ -53,6 +53,14 @@ class TrainConfig:
     tau: float = _field(0.05, "target update weight: 1 copies the online network, <1 is Polyak averaging")
     loss: str = _field("huber", "TD loss: huber (the original's smooth L1) or mse")
     double: bool = _field(True, "Double DQN targets (van Hasselt et al. 2016)")
+    # Rainbow-style variants (Hessel et al. 2018), all off by default and combinable.
+    n_step: int = _field(1, "n-step returns (Sutton 1988): sum an env's next n rewards, then bootstrap; "
+                         "stops at the episode's end (1: one-step Q-learning); at most buffer_size // num_envs")
+    prioritized: bool = _field(False, "proportional prioritized replay (Schaul et al. 2016)")
+    priority_alpha: float = _field(0.6, "prioritized replay: priority exponent alpha, in [0, 1] "
+                                   "(0: uniform sampling)")
+    priority_beta: float = _field(0.4, "prioritized replay: initial importance-sampling exponent beta, in "
+                                  "[0, 1], annealed linearly to 1 over total_steps")
     unroll_updates: int = _field(1, "gradient updates unrolled per loop step of the device program", cli=False)
     # Exploration.
     eps: float = _field(1.0, "initial epsilon of epsilon-greedy exploration", original=True)
@@ -62,6 +70,8 @@ class TrainConfig:
     hidden_sizes: tuple[int, ...] = _field((128, 128), "hidden layer widths of the MLP Q-network, "
                                            "comma-separated")
     layer_norm: bool = _field(True, "LayerNorm after each hidden layer of the Q-network")
+    dueling: bool = _field(False, "dueling Q-network: separate value and advantage streams, "
+                           "Q = V + A - mean(A) (Wang et al. 2016)")
     # Host loop, evaluation, output.
     chunk_steps: int = _field(131_072, "env steps per jitted chunk: one metrics row and progress update "
                               "each (rounded to whole vector steps)")
@@ -69,6 +79,10 @@ class TrainConfig:
     eval_episodes: int = _field(128, "greedy episodes per evaluation, run in parallel")
     until_solved: bool = _field(False, "stop at the first evaluation that reaches the env's threshold")
     log_dir: str | None = _field(None, "output folder (default runs/<env>-<time>)")
+    # Many agents in one program (jaxdqn.population).
+    num_seeds: int = _field(1, "independent agents trained at once, seeds seed, seed+1, ...")
+    sweep: tuple[str, ...] = _field((), "KEY=V1,V2,... one agent per value (per seed); several keys form a "
+                                    "grid; keys: lr, gamma, eps, min_eps, tau")
     # Devices (multi-device training).
     num_devices: int | None = _field(None, "devices to shard envs and learning over (default: all)",
                                      flags=("--n_workers",), original=True)
@@ -80,8 +94,9 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         known = {field.name for field in dataclasses.fields(cls)}
         values = {key: value for key, value in values.items() if key in known}
-        if "hidden_sizes" in values:
-            values["hidden_sizes"] = tuple(values["hidden_sizes"])
+        for name in ("hidden_sizes", "sweep"):
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
 
     @property
@@ -117,10 +132,20 @@ class TrainConfig:
         if self.buffer_size < self.num_envs:
             raise ConfigError(f"--buffer_size ({self.buffer_size}) must hold at least one vector step "
                               f"(--num_envs {self.num_envs})")
+        if self.n_step < 1:
+            raise ConfigError(f"--n_step must be >= 1, got {self.n_step}")
+        if self.n_step > self.buffer_rows:
+            raise ConfigError(f"--n_step ({self.n_step}) must not exceed the buffer's {self.buffer_rows} vector "
+                              f"steps (--buffer_size {self.buffer_size} // --num_envs {self.num_envs})")
+        for name in ("priority_alpha", "priority_beta"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
         if self.loss not in ("huber", "mse"):
             raise ConfigError(f"--loss must be huber or mse, got {self.loss!r}")
         if not self.hidden_sizes or any(width <= 0 for width in self.hidden_sizes):
             raise ConfigError(f"--hidden_sizes must be positive widths, got {self.hidden_sizes}")
+        if self.num_seeds <= 0:
+            raise ConfigError(f"--num_seeds must be positive, got {self.num_seeds}")
         if self.num_devices is not None and self.num_devices <= 0:
             raise ConfigError(f"--num_devices must be positive, got {self.num_devices}")
         return self
@@ -195,6 +220,10 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         if isinstance(default, bool):
             parser.add_argument(*names, dest=field.name, default=None, action=argparse.BooleanOptionalAction,
                                 help=f"{help_text} (default: {default})")
+            continue
+        if field.name == "sweep":
+            parser.add_argument(*names, dest=field.name, nargs="+", default=None, metavar="KEY=V1,V2",
+                                help=f"{help_text} (default: none)")
             continue
         if field.name == "hidden_sizes":
             kind = _parse_sizes

@@ -4,6 +4,11 @@ Follows Mnih et al. (2013/2015): y = r + gamma * (1 - terminated) * max_a Q_targ
 Double DQN variant of van Hasselt et al. (2016), "Deep Reinforcement Learning with Double Q-learning":
 y = r + gamma * (1 - terminated) * Q_target(s', argmax_a Q_online(s', a)).
 Only a true terminal state cuts the bootstrap; a time-limit truncation does not.
+
+The trainer computes targets in the general form y = R + discount * value(s'), where the sampled batch
+carries R and discount (`jaxdqn.buffer.Batch`): one step, R = r and discount = gamma * (1 - terminated);
+n steps (Sutton 1988; Hessel et al. 2018, "Rainbow"), R = sum_k gamma^k r_k up to the episode's end and
+discount = gamma^k * (1 - terminated) for the k steps taken.
 """
 
 from __future__ import annotations
@@ -14,6 +19,29 @@ import jax.numpy as jnp
 import optax
 
 
+def bootstrap_target(
+    reward: jnp.ndarray,
+    discount: jnp.ndarray,
+    next_q_target: jnp.ndarray,
+    next_q_online: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """y = reward + discount * value(s') for one (one- or n-step) transition.
+
+    Args:
+      reward: scalar (discounted, for n steps) return before the bootstrap.
+      discount: scalar gamma^k * (1 - terminated): 0 cuts the bootstrap.
+      next_q_target: `[num_actions]` target-network Q-values at the bootstrap observation s'.
+      next_q_online: `[num_actions]` online-network Q-values at s' (Double DQN), or None.
+    """
+    chex.assert_rank([reward, discount, next_q_target], [0, 0, 1])
+    if next_q_online is None:
+        next_value = jnp.max(next_q_target)
+    else:
+        chex.assert_equal_shape([next_q_target, next_q_online])
+        next_value = next_q_target[jnp.argmax(next_q_online)]
+    return reward + discount * jax.lax.stop_gradient(next_value)
+
+
 def q_learning_target(
     reward: jnp.ndarray,
     terminated: jnp.ndarray,
@@ -21,7 +49,7 @@ def q_learning_target(
     next_q_target: jnp.ndarray,
     next_q_online: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
-    """The bootstrapped target of one transition.
+    """The one-step bootstrapped target r + gamma * (1 - terminated) * value(s') of one transition.
 
     Args:
       reward: scalar reward r.
@@ -30,13 +58,13 @@ def q_learning_target(
       next_q_target: `[num_actions]` target-network Q-values at s'.
       next_q_online: `[num_actions]` online-network Q-values at s' (Double DQN), or None.
     """
-    chex.assert_rank([reward, terminated, next_q_target], [0, 0, 1])
-    if next_q_online is None:
-        next_value = jnp.max(next_q_target)
-    else:
-        chex.assert_equal_shape([next_q_target, next_q_online])
-        next_value = next_q_target[jnp.argmax(next_q_online)]
-    return reward + gamma * (1.0 - terminated.astype(jnp.float32)) * jax.lax.stop_gradient(next_value)
+    chex.assert_rank([terminated, gamma], [0, 0])
+    return bootstrap_target(reward, one_step_discount(terminated, gamma), next_q_target, next_q_online)
+
+
+def one_step_discount(terminated: jnp.ndarray, gamma: jnp.ndarray) -> jnp.ndarray:
+    """gamma * (1 - terminated): the discount of a one-step target (elementwise)."""
+    return gamma * (1.0 - terminated.astype(jnp.float32))
 
 
 def td_error(q: jnp.ndarray, action: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
@@ -54,13 +82,11 @@ def td_loss(error: jnp.ndarray, kind: str) -> jnp.ndarray:
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def batch_targets(reward, terminated, gamma, next_q_target, next_q_online=None):
-    """`q_learning_target` vmapped over a batch (`next_q_*` are `[batch, num_actions]`)."""
+def batch_targets(reward, discount, next_q_target, next_q_online=None):
+    """`bootstrap_target` vmapped over a batch (`next_q_*` are `[batch, num_actions]`)."""
     if next_q_online is None:
-        return jax.vmap(q_learning_target, in_axes=(0, 0, None, 0))(reward, terminated, gamma, next_q_target)
-    return jax.vmap(q_learning_target, in_axes=(0, 0, None, 0, 0))(
-        reward, terminated, gamma, next_q_target, next_q_online
-    )
+        return jax.vmap(bootstrap_target)(reward, discount, next_q_target)
+    return jax.vmap(bootstrap_target)(reward, discount, next_q_target, next_q_online)
 
 
 batch_td_error = jax.vmap(td_error)

@@ -47,19 +47,25 @@ def _per_device(fn):
     return wrapped
 
 
-def make_init(dqn: DQN, mesh: Mesh):
-    """`init(key, hparams) -> state`, jitted; the key and hparams are the same for every device."""
+def make_init(dqn: DQN, mesh: Mesh, num_agents: int = 1):
+    """`init(key, hparams) -> state`, jitted; the key and hparams are the same for every device.
+
+    With `num_agents > 1` the key and hparams carry a leading agent axis and so does every leaf of the
+    state, after the device axis (`jaxdqn.population`).
+    """
+    per_agent = jax.vmap(dqn.init) if num_agents > 1 else dqn.init
 
     def init(key, hparams):
-        return jax.tree.map(lambda leaf: leaf[None], dqn.init(key, hparams))
+        return jax.tree.map(lambda leaf: leaf[None], per_agent(key, hparams))
 
     return jax.jit(jax.shard_map(init, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec()),
                                  out_specs=PartitionSpec(AXIS)))
 
 
-def make_run_chunk(dqn: DQN, mesh: Mesh, num_iterations: int):
+def make_run_chunk(dqn: DQN, mesh: Mesh, num_iterations: int, num_agents: int = 1):
     """`run_chunk(state) -> (state, metrics)`, jitted with the state donated (updated in place)."""
-    chunk = _per_device(functools.partial(dqn.run_chunk, num_iterations=num_iterations))
+    chunk = functools.partial(dqn.run_chunk, num_iterations=num_iterations)
+    chunk = _per_device(jax.vmap(chunk) if num_agents > 1 else chunk)
     sharded = jax.shard_map(chunk, mesh=mesh, in_specs=PartitionSpec(AXIS), out_specs=PartitionSpec(AXIS))
     return jax.jit(sharded, donate_argnums=0)
 

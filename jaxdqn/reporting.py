@@ -112,8 +112,14 @@ def plot_learning_curve(rows: list[dict[str, Any]], path: Path, title: str, thre
     axes.plot(steps, [row["train_return"] for row in rows], label="training return (exploring)")
     evaluated = [row for row in rows if row.get("eval_return") is not None]
     if evaluated:
-        axes.plot([row["env_steps"] for row in evaluated], [row["eval_return"] for row in evaluated],
-                  marker="o", label="greedy evaluation return")
+        eval_steps = [row["env_steps"] for row in evaluated]
+        several = all("eval_return_agents" in row for row in evaluated)
+        axes.plot(eval_steps, [row["eval_return"] for row in evaluated], marker="o",
+                  label="greedy evaluation return" + (" (mean over agents)" if several else ""))
+        if several:  # the spread of a population of agents (--num_seeds, --sweep)
+            axes.fill_between(eval_steps, [min(row["eval_return_agents"]) for row in evaluated],
+                              [max(row["eval_return_agents"]) for row in evaluated], alpha=0.25,
+                              label="agents' min to max")
     if threshold is not None:
         axes.axhline(threshold, color="gray", linestyle="--", label=f"solved ({threshold:g})")
     axes.set_xlabel("env steps")
@@ -130,7 +136,8 @@ def summary_line(summary: dict[str, Any]) -> str:
     """The one-line summary printed last."""
     solved = (f"solved at {summary['steps_to_solve']:,} steps in {summary['seconds_to_solve']:.1f}s"
               if summary.get("steps_to_solve") is not None else "not solved")
+    agents = f"{summary['num_agents']} agents x " if summary.get("num_agents", 1) > 1 else ""
     return (f"{summary['env']}: eval return {summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f} "
-            f"over {summary['eval_episodes']} episodes; {solved}; {summary['total_steps']:,} env steps in "
+            f"over {agents}{summary['eval_episodes']} episodes; {solved}; {summary['total_steps']:,} env steps in "
             f"{summary['train_s']:.1f}s ({summary['sps']:.3g} steps/s, compile {summary['compile_s']:.1f}s, "
             f"wall {summary['wall_s']:.1f}s) on {summary['num_devices']} {summary['device']}")

@@ -32,7 +32,7 @@ if __name__ == "__main__":  # jax.distributed must start before gymnax's import 
 import jax  # noqa: E402  (the process start is read before the slow imports)
 import numpy as np  # noqa: E402
 
-from jaxdqn import distributed, parallel  # noqa: E402
+from jaxdqn import distributed, parallel, population  # noqa: E402
 from jaxdqn.agent import DQN  # noqa: E402
 from jaxdqn.config import TrainConfig, add_config_flags, build_config, make_parser  # noqa: E402
 from jaxdqn.networks import make_network  # noqa: E402
@@ -56,6 +56,7 @@ class Program:
     init: Any
     run_chunk: Any
     evaluate: Any
+    agents: list[population.Agent]
 
     @property
     def num_devices(self) -> int:
@@ -74,9 +75,14 @@ def build_program(config: TrainConfig) -> Program:
     obs_shape = env.observation_space(env_params).shape
     network = make_network(obs_shape, env.action_space(env_params).n, config, spec.make_network)
     dqn = DQN(config, env, env_params, network, num_devices=num_devices, axis_name=parallel.AXIS)
-    evaluate = jax.jit(dqn.evaluate, static_argnums=2)
-    return Program(config, spec, dqn, mesh, parallel.make_init(dqn, mesh),
-                   parallel.make_run_chunk(dqn, mesh, config.chunk_iterations), evaluate)
+    agents = population.make_agents(config)
+    if len(agents) > 1:  # params and keys carry a leading agent axis
+        evaluate = jax.jit(lambda params, keys, episodes: jax.vmap(
+            lambda agent_params, key: dqn.evaluate(agent_params, key, episodes))(params, keys), static_argnums=2)
+    else:
+        evaluate = jax.jit(dqn.evaluate, static_argnums=2)
+    return Program(config, spec, dqn, mesh, parallel.make_init(dqn, mesh, len(agents)),
+                   parallel.make_run_chunk(dqn, mesh, config.chunk_iterations, len(agents)), evaluate, agents)
 
 
 def enable_compile_cache(path: str | None) -> None:
@@ -118,7 +124,11 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
         checkpoint.check_devices(resume, program.num_devices)
 
     compile_start = time.time()
-    state = program.init(jax.random.key(config.seed), config.hparams)
+    agents = program.agents
+    if len(agents) > 1:
+        state = program.init(population.agent_keys(agents), population.stacked_hparams(config, agents))
+    else:
+        state = program.init(jax.random.key(config.seed), config.hparams)
     restore_s, start_chunk = 0.0, 0
     if resume is not None:  # before compiling the chunk, so that a damaged checkpoint fails at once
         restore_start = time.time()
@@ -127,15 +137,21 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
     run_chunk = program.run_chunk.lower(state).compile()
     params = parallel.first_device(state.params)
     eval_key = jax.random.key(config.seed + 1)
-    evaluate = program.evaluate.lower(params, eval_key, config.eval_episodes).compile()
+
+    def eval_keys(chunk: int) -> jax.Array:
+        key = jax.random.fold_in(eval_key, chunk)
+        return jax.random.split(key, len(agents)) if len(agents) > 1 else key
+
+    evaluate = program.evaluate.lower(params, eval_keys(0), config.eval_episodes).compile()
     jax.block_until_ready(state)
     compile_s = time.time() - compile_start - restore_s
 
     solved_at: tuple[int, float] | None = None
+    agent_solved: list[int | None] = [None] * len(agents)
     if resume is not None:
         start_chunk = resume.iteration // config.chunk_iterations
         solved_at = tuple(resume.meta["solved_at"]) if resume.meta.get("solved_at") else None
-    start_iteration, start_updates = (int(parallel.first_device(leaf)) for leaf in (state.iteration, state.updates))
+    start_iteration, start_updates = (int(np.max(parallel.first_device(leaf))) for leaf in (state.iteration, state.updates))
 
     log = RunLog(log_dir, config.num_chunks * steps_per_chunk, program.spec.name, show_progress, stream)
     log.write_json("config.json", dataclasses.asdict(config))
@@ -153,7 +169,8 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
     try:
         for chunk in range(start_chunk, config.num_chunks):
             state, metrics = run_chunk(state)
-            metrics = jax.tree.map(np.asarray, parallel.first_device(metrics))
+            metrics = jax.tree.map(lambda leaf: np.nanmean(leaf) if leaf.ndim else leaf,  # over agents
+                                   jax.tree.map(np.asarray, parallel.first_device(metrics)))
             env_steps = int(metrics.iteration) * config.num_envs
             last_chunk = chunk == config.num_chunks - 1
             row = {
@@ -168,8 +185,12 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
             }
             if (chunk + 1) % config.eval_every_chunks == 0 or last_chunk:
                 eval_start = time.time()
-                returns, lengths = evaluate(parallel.first_device(state.params), jax.random.fold_in(eval_key, chunk))
-                returns, lengths = np.asarray(returns), np.asarray(lengths)
+                returns, lengths = evaluate(parallel.first_device(state.params), eval_keys(chunk))
+                returns, lengths = np.asarray(returns), np.asarray(lengths)  # [(agents,) episodes]
+                if len(agents) > 1:
+                    row["eval_return_agents"] = returns.mean(axis=1).tolist()
+                    agent_solved = [steps if steps is not None or threshold is None or mean < threshold else env_steps
+                                    for steps, mean in zip(agent_solved, row["eval_return_agents"])]
                 eval_s += time.time() - eval_start
                 last_eval = (returns, lengths, env_steps)
                 row["eval_return"] = float(returns.mean())
@@ -207,7 +228,7 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
         "eval_return_min": float(returns.min()),
         "eval_return_max": float(returns.max()),
         "eval_length_mean": float(lengths.mean()),
-        "eval_episodes": int(returns.size),
+        "eval_episodes": config.eval_episodes,
         "solved_threshold": threshold,
         "steps_to_solve": solved_at[0] if solved_at else None,
         "seconds_to_solve": solved_at[1] if solved_at else None,
@@ -219,14 +240,33 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
         "last_checkpoint_step": saver.saved_steps[-1] if saver is not None else None,
         "checkpoint_blocking_s": saver.blocking_s if saver is not None else None,
         "checkpoint_final_wait_s": saver.close_s if saver is not None else None,
+        "num_agents": len(agents),
         "jax_version": jax.__version__,
         "log_dir": str(log_dir) if log_dir is not None else None,
     }
+    if len(agents) > 1:
+        rows = population.agent_results(agents, returns, agent_solved)
+        summary.update(population.population_summary(rows), agents=rows)
+        sweep_keys = list(population.parse_sweep(config.sweep))
+        if sweep_keys:
+            summary["sweep"], table = population.sweep_table(rows, sweep_keys)
+            if log_dir is not None:
+                (log_dir / "sweep.md").write_text(table)
+                write_csv(log_dir / "sweep.csv", summary["sweep"])
     if log_dir is not None:
         plot_learning_curve(log.rows, log_dir / "learning_curve.png", program.spec.name, threshold)
         summary["wall_s"] = time.time() - PROCESS_START
         log.write_json("summary.json", summary)
     return summary
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    with open(path, "w", newline="") as csv_file:
+        writer = csv.DictWriter(csv_file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def make_train_parser() -> argparse.ArgumentParser:
@@ -318,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         saving = checkpoint_options(args, resume)
         if (saving is not None or resume is not None) and jax.process_count() > 1:
             raise ConfigError("--save_model and --load_model are not supported with several processes yet")
+        if (saving is not None or resume is not None) and (config.num_seeds > 1 or config.sweep):
+            raise ConfigError("--save_model and --load_model are not supported with --num_seeds > 1 or --sweep yet")
         if saving is not None:
             from jaxdqn import checkpoint
 

@@ -97,7 +97,8 @@ def test_target_update_fires_every_n_updates_whatever_num_envs(small_config, num
     fired = []
     for i in range(9):
         before = state.target_params
-        state, _ = update(state, replay.sample(state.buffer, jax.random.key(i), config.batch_size))
+        batch = replay.one_step(replay.sample(state.buffer, jax.random.key(i), config.batch_size), config.gamma)
+        state, _, _ = update(state, batch)
         changed = not all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), before, state.target_params)))
         if changed:  # with tau = 1 the target becomes an exact copy of the online network
             assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), state.params, state.target_params)))
@@ -113,7 +114,8 @@ def test_polyak_target_update(small_config):
     state = state.replace(buffer=replay.add(state.buffer, replay.Transition(
         obs=state.obs, action=jnp.zeros(16, jnp.int32), reward=jnp.ones(16),
         next_obs=state.obs, terminated=jnp.zeros(16, jnp.bool_))))
-    new_state, _ = jax.jit(dqn.update)(state, replay.sample(state.buffer, jax.random.key(1), config.batch_size))
+    batch = replay.one_step(replay.sample(state.buffer, jax.random.key(1), config.batch_size), config.gamma)
+    new_state, _, _ = jax.jit(dqn.update)(state, batch)
     expected = jax.tree.map(lambda new, old: 0.25 * new + 0.75 * old, new_state.params, state.target_params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), new_state.target_params, expected)
 
@@ -131,7 +133,7 @@ def test_truncation_bootstraps_and_termination_does_not(small_config):
     def loss(terminated):
         batch = replay.Transition(obs=obs, action=jnp.zeros(1, jnp.int32), reward=jnp.ones(1), next_obs=obs,
                                   terminated=jnp.array([terminated]))
-        return float(dqn.loss(state.params, state.target_params, batch, gamma))
+        return float(dqn.loss(state.params, state.target_params, replay.one_step(batch, gamma)))
 
     assert loss(False) == pytest.approx(float((1.0 + gamma * q_next - q) ** 2), rel=1e-5)
     assert loss(True) == pytest.approx(float((1.0 - q) ** 2), rel=1e-5)
