@@ -53,7 +53,7 @@ from jaxdqn.registry import ConfigError
 FORMAT_VERSION = 1
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # how Orbax names a step folder that is still being written
 # Settings that fix the shapes of the saved arrays: a resumed run may not change them.
-SHAPE_FIELDS = ("env", "num_envs", "buffer_size", "hidden_sizes", "layer_norm")
+SHAPE_FIELDS = ("env", "num_envs", "buffer_size", "hidden_sizes", "layer_norm", "dueling", "n_step", "prioritized")
 _REQUIRED_META = ("iteration", "num_devices", "obs_shape", "num_actions", "buffer_saved")
 
 
