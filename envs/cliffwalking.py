@@ -27,9 +27,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
-from gymnax.environments import environment, spaces
 
+from envs.toy_text import EnvParams, EnvState, ToyTextPort
 from jaxdqn.registry import register
 
 NUM_ROWS, NUM_COLS = 4, 12
@@ -41,26 +40,13 @@ GOAL = 3 * NUM_COLS + 11  # 47
 MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]], np.int32)
 
 
-@struct.dataclass
-class EnvState(environment.EnvState):
-    s: jax.Array  # int32 scalar: the Gymnasium observation
-    time: int
-
-
-@struct.dataclass
-class EnvParams(environment.EnvParams):
-    max_steps_in_episode: int = 200  # Gymnasium has no limit; see the module docstring
-
-
-class CliffWalking(environment.Environment[EnvState, EnvParams]):
+class CliffWalking(ToyTextPort):
     """Gymnasium's CliffWalking-v1 with one-hot observations; see the module docstring."""
 
-    # The reference `jaxdqn.check_port` uses when `--reference` is not given.
+    env_id = "CliffWalking-v1"
+    num_states = NUM_STATES
+    num_discrete_actions = NUM_ACTIONS
     reference = "gymnasium:CliffWalking-v1"
-
-    @property
-    def default_params(self) -> EnvParams:
-        return EnvParams()
 
     def step_env(
         self, key: jax.Array, state: EnvState, action: int | jax.Array, params: EnvParams
@@ -79,41 +65,8 @@ class CliffWalking(environment.Environment[EnvState, EnvParams]):
         state = EnvState(s=jnp.int32(START), time=0)
         return self.get_obs(state), state
 
-    def get_obs(self, state: EnvState, params: EnvParams | None = None, key: jax.Array | None = None) -> jax.Array:
-        return jax.nn.one_hot(state.s, NUM_STATES, dtype=jnp.float32)  # [48]
-
     def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:
         return state.s == GOAL
-
-    # The protocol of `jaxdqn.check_port` ----------------------------------------------------------
-    def reference_observation(self, obs: np.ndarray, params: EnvParams) -> int:
-        """Gymnasium's observation (the integer state) for one of this port's one-hot observations."""
-        return int(np.argmax(obs))
-
-    def set_reference_state(self, reference_env: Any, state: EnvState, params: EnvParams) -> int:
-        """Puts a freshly reset Gymnasium CliffWalking into this port's state; returns its observation."""
-        reference_env.unwrapped.s = int(state.s)
-        return int(state.s)
-
-    # Spaces -----------------------------------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return "CliffWalking-v1"
-
-    @property
-    def num_actions(self) -> int:
-        return NUM_ACTIONS
-
-    def action_space(self, params: EnvParams | None = None) -> spaces.Discrete:
-        return spaces.Discrete(NUM_ACTIONS)
-
-    def observation_space(self, params: EnvParams | None = None) -> spaces.Box:
-        return spaces.Box(0.0, 1.0, (NUM_STATES,), jnp.float32)
-
-    def state_space(self, params: EnvParams) -> spaces.Dict:
-        return spaces.Dict(
-            {"s": spaces.Discrete(NUM_STATES), "time": spaces.Discrete(params.max_steps_in_episode + 1)}
-        )
 
 
 # The optimal path (up, 11 x right, down) returns -13, and the greedy evaluation is deterministic.

@@ -25,9 +25,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
-from gymnax.environments import environment, spaces
 
+from envs.toy_text import EnvParams, EnvState, ToyTextPort
 from jaxdqn.registry import register
 
 # The map of Gymnasium's Taxi: ":" is a gap between two cells, "|" a wall.
@@ -108,21 +107,12 @@ def make_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return next_state, reward, terminated, np.asarray(initial, np.int32)
 
 
-@struct.dataclass
-class EnvState(environment.EnvState):
-    s: jax.Array  # int32 scalar: the Gymnasium observation
-    time: int
-
-
-@struct.dataclass
-class EnvParams(environment.EnvParams):
-    max_steps_in_episode: int = 200  # Gymnasium's TimeLimit for Taxi-v4
-
-
-class Taxi(environment.Environment[EnvState, EnvParams]):
+class Taxi(ToyTextPort):
     """Gymnasium's Taxi-v4 with one-hot observations; see the module docstring."""
 
-    # The reference `jaxdqn.check_port` uses when `--reference` is not given.
+    env_id = "Taxi-v4"
+    num_states = NUM_STATES
+    num_discrete_actions = NUM_ACTIONS
     reference = "gymnasium:Taxi-v4"
 
     def __init__(self):
@@ -132,10 +122,6 @@ class Taxi(environment.Environment[EnvState, EnvParams]):
         self._reward = jnp.asarray(reward)  # [500, 6] float32
         self._terminated = jnp.asarray(terminated)  # [500, 6] bool
         self._initial_states = jnp.asarray(initial)  # [300] int32
-
-    @property
-    def default_params(self) -> EnvParams:
-        return EnvParams()
 
     def step_env(
         self, key: jax.Array, state: EnvState, action: int | jax.Array, params: EnvParams
@@ -151,43 +137,10 @@ class Taxi(environment.Environment[EnvState, EnvParams]):
         state = EnvState(s=self._initial_states[index], time=0)
         return self.get_obs(state), state
 
-    def get_obs(self, state: EnvState, params: EnvParams | None = None, key: jax.Array | None = None) -> jax.Array:
-        return jax.nn.one_hot(state.s, NUM_STATES, dtype=jnp.float32)  # [500]
-
     def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:
         # Delivering ends the episode; the delivered state (passenger == destination) is never a start.
         _, _, passenger, destination = _decode_jnp(state.s)
         return passenger == destination
-
-    # The protocol of `jaxdqn.check_port` ----------------------------------------------------------
-    def reference_observation(self, obs: np.ndarray, params: EnvParams) -> int:
-        """Gymnasium's observation (the integer state) for one of this port's one-hot observations."""
-        return int(np.argmax(obs))
-
-    def set_reference_state(self, reference_env: Any, state: EnvState, params: EnvParams) -> int:
-        """Puts a freshly reset Gymnasium Taxi into this port's state; returns its observation."""
-        reference_env.unwrapped.s = int(state.s)
-        return int(state.s)
-
-    # Spaces -----------------------------------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return "Taxi-v4"
-
-    @property
-    def num_actions(self) -> int:
-        return NUM_ACTIONS
-
-    def action_space(self, params: EnvParams | None = None) -> spaces.Discrete:
-        return spaces.Discrete(NUM_ACTIONS)
-
-    def observation_space(self, params: EnvParams | None = None) -> spaces.Box:
-        return spaces.Box(0.0, 1.0, (NUM_STATES,), jnp.float32)
-
-    def state_space(self, params: EnvParams) -> spaces.Dict:
-        return spaces.Dict(
-            {"s": spaces.Discrete(NUM_STATES), "time": spaces.Discrete(params.max_steps_in_episode + 1)}
-        )
 
 
 def _decode_jnp(state: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
