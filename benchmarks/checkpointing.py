@@ -29,10 +29,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from benchmarks.machine import cpu_model
 from jaxdqn import checkpoint
 from jaxdqn.config import TrainConfig, add_config_flags
 from jaxdqn.registry import ConfigError
-from jaxdqn.train import DEFAULT_COMPILE_CACHE, build_program, config_from_args, enable_compile_cache, train
+from jaxdqn.train import (
+    DEFAULT_COMPILE_CACHE,
+    build_program,
+    config_from_args,
+    enable_compile_cache,
+    train,
+)
 
 MODES = {  # name: (save checkpoints, save the buffer)
     "no checkpoints": (False, False),
@@ -119,12 +126,7 @@ def machine(label: str | None) -> dict[str, Any]:
     import orbax.checkpoint as ocp
 
     device = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     return {"label": label or f"{jax.device_count()}x {device.device_kind}", "jax_backend": device.platform,
             "device": device.device_kind, "device_count": jax.device_count(), "cpu": cpu,
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "orbax_checkpoint": ocp.__version__,

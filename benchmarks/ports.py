@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.machine import cpu_model
 from jaxdqn import registry
 
 
@@ -86,12 +87,7 @@ def reference_steps_per_second(name: str, steps: int, seed: int = 0) -> dict[str
 
 def machine() -> dict[str, Any]:
     device = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     return {"jax_backend": device.platform, "device": device.device_kind, "cpu": cpu, "cpu_count": os.cpu_count(),
             "jax": jax.__version__, "python": platform.python_version()}
 

@@ -245,15 +245,20 @@ class DQN:
         replay_buffer = state.buffer  # read-only here: kept out of the loop's carry
         batches, (rows, envs) = self.sample_batches(replay_buffer, key, state.iteration, state.hparams.gamma)
 
-        def update(learner: TrainerState, batch: replay.Batch):
-            learner, loss, errors = self.update(learner, batch)
-            return learner, (loss, errors)
+        # Only what the updates change travels through the loop: carrying the whole state would copy
+        # its unchanged fields (env states, observations, ...) on every update.
+        learner_fields = ("params", "target_params", "opt_state", "updates")
+        constant = state.replace(buffer=None)
 
-        learner, (step_losses, errors) = jax.lax.scan(update, state.replace(buffer=None), batches,
-                                                      unroll=self.config.unroll_updates)
+        def update(learner: dict, batch: replay.Batch):
+            updated, loss, errors = self.update(constant.replace(**learner), batch)
+            return {name: getattr(updated, name) for name in learner_fields}, (loss, errors)
+
+        learner, (step_losses, errors) = jax.lax.scan(update, {name: getattr(state, name) for name in learner_fields},
+                                                      batches, unroll=self.config.unroll_updates)
         if self.config.prioritized:
             replay_buffer = replay.update_priorities(replay_buffer, rows, envs, errors, self.config.priority_alpha)
-        return learner.replace(buffer=replay_buffer), jnp.sum(step_losses)
+        return state.replace(buffer=replay_buffer, **learner), jnp.sum(step_losses)
 
     # One iteration ---------------------------------------------------------------------------
     def train_step(self, state: TrainerState) -> tuple[TrainerState, StepMetrics]:
