@@ -12,6 +12,7 @@ metrics, shows progress and saves Orbax checkpoints (`--save_model`, `--load_mod
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
 import os
@@ -134,7 +135,6 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
         restore_start = time.time()
         state = jax.block_until_ready(checkpoint.restore_state(resume, state, program.num_devices))
         restore_s = time.time() - restore_start
-    run_chunk = program.run_chunk.lower(state).compile()
     params = parallel.first_device(state.params)
     eval_key = jax.random.key(config.seed + 1)
 
@@ -142,7 +142,10 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
         key = jax.random.fold_in(eval_key, chunk)
         return jax.random.split(key, len(agents)) if len(agents) > 1 else key
 
-    evaluate = program.evaluate.lower(params, eval_keys(0), config.eval_episodes).compile()
+    # The training chunk and the evaluation compile at the same time (XLA compiles without the GIL).
+    lowered = (program.run_chunk.lower(state), program.evaluate.lower(params, eval_keys(0), config.eval_episodes))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        run_chunk, evaluate = pool.map(lambda program_text: program_text.compile(), lowered)
     jax.block_until_ready(state)
     compile_s = time.time() - compile_start - restore_s
 
