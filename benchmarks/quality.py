@@ -1,0 +1,93 @@
+"""Learning-quality table: the defaults, several seeds in one program each, on the standard tasks.
+
+For each environment, one `python -m jaxdqn.train --env ENV --num_seeds K` process trains K agents
+at once; the table gives the final greedy return over agents (mean ± std, IQM, worst), how many
+agents reached the env's threshold, the env steps and the wall time, and the learning curves are
+copied beside it.
+
+    python -m benchmarks.quality --out benchmarks/results/quality_h100          # 10 seeds, four tasks
+    python -m benchmarks.quality --envs CartPole-v1 --seeds 2 --out /tmp/q -- --total_steps 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_ENVS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Breakout-MinAtar")
+
+
+def run_env(env: str, seeds: int, extra: list[str], scratch: Path) -> dict:
+    log_dir = scratch / env
+    command = [sys.executable, "-m", "jaxdqn.train", "--env", env, "--num_seeds", str(seeds), "--quiet",
+               "--log_dir", str(log_dir), *extra]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        return {"env": env, "error": lines[-1] if lines else f"exit code {result.returncode}"}
+    summary = json.loads((log_dir / "summary.json").read_text())
+    means = [agent["eval_return_mean"] for agent in summary["agents"]] if "agents" in summary else [
+        summary["eval_return_mean"]]
+    threshold = summary["solved_threshold"]
+    return {
+        "env": env, "seeds": len(means), "device": summary["device"],
+        "final_return_mean": sum(means) / len(means),
+        "final_return_std": (sum((m - sum(means) / len(means)) ** 2 for m in means) / len(means)) ** 0.5,
+        "final_return_iqm": summary.get("agents_eval_return_iqm", means[0]),
+        "final_return_min": min(means),
+        "solved_threshold": threshold,
+        "seeds_solved": sum(m >= threshold for m in means) if threshold is not None else None,
+        "env_steps": summary["total_steps"], "wall_s": summary["wall_s"], "train_s": summary["train_s"],
+        "per_seed": means, "curve": log_dir / "learning_curve.png",
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    device = next((row["device"] for row in rows if "device" in row), "unknown")
+    lines = [f"Learning quality with the defaults on {device}", "",
+             "| env | seeds | final greedy return (mean ± std) | IQM | worst seed | seeds ≥ threshold | env steps | wall (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['env']} | failed: {row['error']} | | | | | | |")
+            continue
+        solved = f"{row['seeds_solved']}/{row['seeds']} (≥ {row['solved_threshold']:g})" \
+            if row["seeds_solved"] is not None else "-"
+        lines.append(f"| {row['env']} | {row['seeds']} | {row['final_return_mean']:.1f} ± {row['final_return_std']:.1f} | "
+                     f"{row['final_return_iqm']:.1f} | {row['final_return_min']:.1f} | {solved} | "
+                     f"{row['env_steps']:,} | {row['wall_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--envs", nargs="+", default=list(DEFAULT_ENVS))
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--out", required=True, help="output path without extension (.json, .md, curves)")
+    parser.add_argument("extra", nargs="*", help="more flags for jaxdqn.train, after --")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for env in args.envs:
+            row = run_env(env, args.seeds, args.extra, Path(scratch))
+            if "curve" in row:
+                curve = out.parent / f"{out.name}_{env}.png"
+                shutil.copyfile(row.pop("curve"), curve)
+                row["curve"] = curve.name
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    out.with_suffix(".json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text(markdown(rows))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
