@@ -9,9 +9,11 @@ lengths) need separate runs.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import itertools
 import math
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -126,3 +128,20 @@ def sweep_table(rows: list[dict[str, Any]], keys: list[str]) -> tuple[list[dict[
                                                       f"{row['eval_return_min']:.1f}", str(row["solved_seeds"]), steps]
         lines.append(f"| {rank} | " + " | ".join(cells) + " |")
     return ranked, "\n".join(lines) + "\n"
+
+
+def summarize(config: TrainConfig, agents: list[Agent], final_returns: np.ndarray, solved_steps: list[int | None],
+              log_dir: Path | None) -> dict[str, Any]:
+    """The summary's population entries; with a sweep, also writes the ranked `sweep.csv` and `sweep.md`."""
+    rows = agent_results(agents, final_returns, solved_steps)
+    summary = {**population_summary(rows), "agents": rows}
+    sweep_keys = list(parse_sweep(config.sweep))
+    if sweep_keys:
+        summary["sweep"], table = sweep_table(rows, sweep_keys)
+        if log_dir is not None:
+            (log_dir / "sweep.md").write_text(table)
+            with open(log_dir / "sweep.csv", "w", newline="") as csv_file:
+                writer = csv.DictWriter(csv_file, fieldnames=list(summary["sweep"][0]))
+                writer.writeheader()
+                writer.writerows(summary["sweep"])
+    return summary

@@ -63,6 +63,12 @@ class Program:
     def num_devices(self) -> int:
         return self.mesh.size
 
+    def initial_state(self):
+        """The run's first state: one agent, or the population's, stacked on an agent axis."""
+        if len(self.agents) > 1:
+            return self.init(population.agent_keys(self.agents), population.stacked_hparams(self.config, self.agents))
+        return self.init(jax.random.key(self.config.seed), self.config.hparams)
+
 
 def build_program(config: TrainConfig) -> Program:
     """Builds env, network and the jitted init / chunk / evaluation functions for `config`."""
@@ -126,10 +132,7 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
 
     compile_start = time.time()
     agents = program.agents
-    if len(agents) > 1:
-        state = program.init(population.agent_keys(agents), population.stacked_hparams(config, agents))
-    else:
-        state = program.init(jax.random.key(config.seed), config.hparams)
+    state = program.initial_state()
     restore_s, start_chunk = 0.0, 0
     if resume is not None:  # before compiling the chunk, so that a damaged checkpoint fails at once
         restore_start = time.time()
@@ -248,28 +251,12 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
         "log_dir": str(log_dir) if log_dir is not None else None,
     }
     if len(agents) > 1:
-        rows = population.agent_results(agents, returns, agent_solved)
-        summary.update(population.population_summary(rows), agents=rows)
-        sweep_keys = list(population.parse_sweep(config.sweep))
-        if sweep_keys:
-            summary["sweep"], table = population.sweep_table(rows, sweep_keys)
-            if log_dir is not None:
-                (log_dir / "sweep.md").write_text(table)
-                write_csv(log_dir / "sweep.csv", summary["sweep"])
+        summary.update(population.summarize(config, agents, returns, agent_solved, log_dir))
     if log_dir is not None:
         plot_learning_curve(log.rows, log_dir / "learning_curve.png", program.spec.name, threshold)
         summary["wall_s"] = time.time() - PROCESS_START
         log.write_json("summary.json", summary)
     return summary
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    import csv
-
-    with open(path, "w", newline="") as csv_file:
-        writer = csv.DictWriter(csv_file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def make_train_parser() -> argparse.ArgumentParser:

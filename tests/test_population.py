@@ -20,11 +20,7 @@ from tests.test_cli import TINY
 def final_params(config):
     """Trains `config` through the layered API; returns device 0's parameters (leading agent axis if any)."""
     program = build_program(config)
-    agents = program.agents
-    if len(agents) > 1:
-        state = program.init(population.agent_keys(agents), population.stacked_hparams(config, agents))
-    else:
-        state = program.init(jax.random.key(config.seed), config.hparams)
+    state = program.initial_state()
     for _ in range(config.num_chunks):
         state, _ = program.run_chunk(state)
     return jax.tree.map(np.asarray, parallel.first_device(state.params))
