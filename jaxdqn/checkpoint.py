@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import logging
 import math
 import shutil
 import sys
@@ -184,21 +185,42 @@ def _corrupt(directory: Path, step: int, steps: Sequence[int], error: BaseExcept
 @contextlib.contextmanager
 def _quiet_orbax():
     """Keeps a failed restore to one error: Orbax's abandoned async readers otherwise print tracebacks
-    ("Event loop is closed", "coroutine ... was never awaited") through `sys.unraisablehook`."""
+    ("Event loop is closed", "coroutine ... was never awaited", TensorStore's own errors) later, through
+    `sys.unraisablehook` or asyncio's "Task exception was never retrieved" log record."""
     previous = sys.unraisablehook
     sys.unraisablehook = _drop_orbax_unraisable(previous)
+    # Installed before the restore: the readers' errors may be logged before the restore fails.
+    logging.getLogger("asyncio").addFilter(_from_orbax_record)  # adding it again is a no-op
     yield
-    sys.unraisablehook = previous  # after a failure the filter stays: those readers die later
+    sys.unraisablehook = previous  # after a failure the hook stays: those readers die later
+
+
+def _from_orbax(text: str, traceback_object) -> bool:
+    """Whether an error was raised in Orbax's or TensorStore's code (by its message or its frames)."""
+    if "Event loop is closed" in text or "orbax" in text or "_read_array" in text or "tensorstore" in text:
+        return True
+    while traceback_object is not None:
+        filename = traceback_object.tb_frame.f_code.co_filename
+        if "orbax" in filename or "tensorstore" in filename:
+            return True
+        traceback_object = traceback_object.tb_next
+    return False
 
 
 def _drop_orbax_unraisable(previous: Callable) -> Callable:
     def hook(unraisable) -> None:
-        text = f"{unraisable.exc_value!r} {unraisable.object!r}"
-        if "Event loop is closed" in text or "orbax" in text or "_read_array" in text:
+        if _from_orbax(f"{unraisable.exc_value!r} {unraisable.object!r}", unraisable.exc_traceback):
             return
         previous(unraisable)
 
     return hook
+
+
+def _from_orbax_record(record: logging.LogRecord) -> bool:
+    """A logging filter: False (drop) for records about exceptions raised in Orbax or TensorStore."""
+    if record.exc_info and record.exc_info[1] is not None:
+        return not _from_orbax(repr(record.exc_info[1]), record.exc_info[2])
+    return not _from_orbax(record.getMessage(), None)
 
 
 # Checking compatibility ------------------------------------------------------------------------
