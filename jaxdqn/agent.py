@@ -158,7 +158,7 @@ class DQN:
     def select_actions(self, params, obs: jnp.ndarray, key: jax.Array, epsilon: jnp.ndarray) -> jnp.ndarray:
         """Epsilon-greedy actions `[batch]` for observations `[batch, *obs_shape]`."""
         explore_key, action_key = jax.random.split(key)
-        greedy = jnp.argmax(self.network.apply(params, obs), axis=-1).astype(jnp.int32)
+        greedy = greedy_actions(self.network, params, obs)
         random_actions = jax.random.randint(action_key, greedy.shape, 0, self.num_actions, jnp.int32)
         explore = jax.random.uniform(explore_key, greedy.shape) < epsilon
         return jnp.where(explore, random_actions, greedy)
@@ -337,27 +337,28 @@ class DQN:
         return evaluate_greedy(self.env, self.env_params, self.network, params, key, num_episodes)
 
 
-def evaluate_greedy(env, env_params, network: nn.Module, params, key: jax.Array, num_episodes: int,
-                    epsilon: float = 0.0) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Greedy (or epsilon-greedy) episodes, one per env, until each has ended once.
+def greedy_actions(network: nn.Module, params, obs: jnp.ndarray) -> jnp.ndarray:
+    """The greedy actions `[batch]` (int32) for observations `[batch, *obs_shape]`."""
+    return jnp.argmax(network.apply(params, obs), axis=-1).astype(jnp.int32)
+
+
+def evaluate_greedy(env, env_params, network: nn.Module, params, key: jax.Array,
+                    num_episodes: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Greedy episodes, one per env, until each has ended once.
 
     Returns:
       `(returns, lengths)`, each `[num_episodes]`.
     """
     reset_key, key = jax.random.split(key)
     obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, num_episodes), env_params)
-    num_actions = env.action_space(env_params).n
 
     def not_finished(carry):
         return ~jnp.all(carry[4])
 
     def step(carry):
         obs, env_state, returns, lengths, finished, key = carry
-        key, step_key, explore_key, action_key = jax.random.split(key, 4)
-        action = jnp.argmax(network.apply(params, obs), axis=-1).astype(jnp.int32)
-        if epsilon > 0.0:
-            random_actions = jax.random.randint(action_key, action.shape, 0, num_actions, jnp.int32)
-            action = jnp.where(jax.random.uniform(explore_key, action.shape) < epsilon, random_actions, action)
+        key, step_key = jax.random.split(key)
+        action = greedy_actions(network, params, obs)
         obs, env_state, reward, terminated, truncated, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
             jax.random.split(step_key, num_episodes), env_state, action, env_params
         )

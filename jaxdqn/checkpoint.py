@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from jaxdqn import __version__, parallel
+from jaxdqn.agent import greedy_actions
 from jaxdqn.config import TrainConfig
 from jaxdqn.registry import ConfigError
 
@@ -459,11 +460,7 @@ def load_agent(directory: str | Path, step: int | None = None, env: str | None =
     return SavedAgent(checkpoint, spec.name, environment, env_params, network, params)
 
 
-def _greedy_actions(network, params, obs: jnp.ndarray) -> jnp.ndarray:
-    return jnp.argmax(network.apply(params, obs), axis=-1).astype(jnp.int32)
-
-
-_greedy_actions_jit = jax.jit(_greedy_actions, static_argnums=0)
+_greedy_actions_jit = jax.jit(greedy_actions, static_argnums=0)
 
 
 def load_policy(directory: str | Path, step: int | None = None, env: str | None = None):
