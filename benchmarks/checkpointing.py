@@ -81,10 +81,10 @@ def save_restore_times(config: TrainConfig, repeats: int, scratch: Path) -> list
     The state is trained until its replay buffer is full, so that the buffer's size on disk is its real one.
     """
     program = build_program(config)
-    state = program.init(jax.random.key(config.seed), config.hparams)
+    state = program.init(config.seed, config.hparams)
     for _ in range(max(1, -(-config.buffer_rows // config.chunk_iterations))):
         state, _ = program.run_chunk(state)
-    template = program.init(jax.random.key(config.seed + 1), config.hparams)
+    template = program.init(config.seed + 1, config.hparams)
     dqn = program.dqn
     obs_shape = dqn.env.observation_space(dqn.env_params).shape
     abstract_params = jax.eval_shape(dqn.network.init, jax.random.key(0), jnp.zeros((1, *obs_shape), jnp.float32))

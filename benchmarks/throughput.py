@@ -262,7 +262,7 @@ def trainer(config):
     from jaxdqn.train import build_program
 
     program = build_program(config)
-    return program.run_chunk, program.init(jax.random.key(config.seed), config.hparams)
+    return program.run_chunk, program.init(config.seed, config.hparams)
 
 
 def measure_size(env_name: str, num_envs: int, args, skip: set[str]) -> dict[str, dict]:

@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxdqn.registry import ConfigError, EnvSpec
@@ -188,7 +189,7 @@ class HParams:
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "HParams":
-        return cls(**{name: jnp.float32(getattr(config, name)) for name in ("lr", "gamma", "eps", "min_eps", "tau")})
+        return cls(**{name: np.float32(getattr(config, name)) for name in ("lr", "gamma", "eps", "min_eps", "tau")})
 
 
 # Command line --------------------------------------------------------------------------------

@@ -48,14 +48,16 @@ def _per_device(fn):
 
 
 def make_init(dqn: DQN, mesh: Mesh, num_agents: int = 1):
-    """`init(key, hparams) -> state`, jitted; the key and hparams are the same for every device.
+    """`init(seed, hparams) -> state`, jitted; the int32 seed and hparams are the same for every device.
 
-    With `num_agents > 1` the key and hparams carry a leading agent axis and so does every leaf of the
-    state, after the device axis (`jaxdqn.population`).
+    With `num_agents > 1` the seed and hparams carry a leading agent axis and so does every leaf of the
+    state, after the device axis (`jaxdqn.population`). The key is made inside the program, so that
+    starting a run runs no separately compiled operation.
     """
     per_agent = jax.vmap(dqn.init) if num_agents > 1 else dqn.init
 
-    def init(key, hparams):
+    def init(seed, hparams):
+        key = jax.vmap(jax.random.key)(seed) if num_agents > 1 else jax.random.key(seed)
         return jax.tree.map(lambda leaf: leaf[None], per_agent(key, hparams))
 
     return jax.jit(jax.shard_map(init, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec()),
@@ -70,11 +72,40 @@ def make_run_chunk(dqn: DQN, mesh: Mesh, num_iterations: int, num_agents: int = 
     return jax.jit(sharded, donate_argnums=0)
 
 
+def make_evaluate(dqn: DQN, num_episodes: int, num_agents: int = 1):
+    """`evaluate(params_block, seed, index) -> (returns, lengths)`, jitted: `num_episodes` greedy episodes.
+
+    `params_block` is the first device's block of the state's parameters (`first_device_block`), so the
+    evaluation runs on that device alone; the episodes' key is `fold_in(key(seed), index)`. With
+    `num_agents > 1` every agent is evaluated on its own split of that key: results are `[agents, episodes]`.
+    """
+
+    def evaluate(params_block, seed, index):
+        params = jax.tree.map(lambda leaf: leaf[0], params_block)
+        key = jax.random.fold_in(jax.random.key(seed), index)
+        if num_agents > 1:
+            return jax.vmap(lambda agent_params, agent_key: dqn.evaluate(agent_params, agent_key, num_episodes))(
+                params, jax.random.split(key, num_agents))
+        return dqn.evaluate(params, key, num_episodes)
+
+    return jax.jit(evaluate)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def sharded(mesh: Mesh) -> NamedSharding:
+    """How every leaf of the state (and of the metrics) lies: split over the mesh on its leading axis."""
+    return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def first_device_block(tree):
+    """The first device's blocks of a tree with a leading device axis: device arrays with that axis of one."""
+    return jax.tree.map(lambda leaf: leaf.addressable_shards[0].data, tree)
+
+
 def first_device(tree):
-    """Device 0's copy of a tree with a leading device axis, as host numpy arrays or device arrays."""
-    return jax.tree.map(lambda leaf: leaf.addressable_shards[0].data[0] if isinstance(leaf, jax.Array) else leaf[0],
-                        tree)
+    """Device 0's copy of a tree with a leading device axis, as host numpy arrays."""
+    return jax.tree.map(lambda leaf: np.asarray(leaf.addressable_shards[0].data if isinstance(leaf, jax.Array)
+                                                else leaf)[0], tree)

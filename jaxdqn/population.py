@@ -77,11 +77,12 @@ def make_agents(config: TrainConfig) -> list[Agent]:
 def stacked_hparams(config: TrainConfig, agents: list[Agent]) -> HParams:
     """Each agent's traced hyperparameters, stacked on a leading agent axis."""
     per_agent = [HParams.from_config(dataclasses.replace(config, **dict(agent.point))) for agent in agents]
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_agent)
+    return jax.tree.map(lambda *leaves: np.stack(leaves), *per_agent)
 
 
-def agent_keys(agents: list[Agent]) -> jax.Array:
-    return jnp.stack([jax.random.key(agent.seed) for agent in agents])
+def agent_seeds(agents: list[Agent]) -> np.ndarray:
+    """The agents' seeds `[agents]` (int32), from which `jaxdqn.parallel.make_init` makes their keys."""
+    return np.array([agent.seed for agent in agents], np.int32)
 
 
 def interquartile_mean(values: np.ndarray) -> float:

@@ -12,11 +12,12 @@ metrics, shows progress and saves Orbax checkpoints (`--save_model`, `--load_mod
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,11 @@ from jaxdqn.reporting import process_start_time
 
 PROCESS_START = process_start_time()
 
-if __name__ == "__main__":  # jax.distributed must start before gymnax's import initialises a backend
+if __name__ == "__main__":
+    # A run allocates the device memory it uses: preallocating most of a GPU's memory costs about 1 s of
+    # every start on an H100. Set XLA_PYTHON_CLIENT_PREALLOCATE=true to get JAX's default back.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    # jax.distributed must start before gymnax's import initialises a backend.
     from jaxdqn import distributed as _distributed
 
     _distributed.initialize_from_argv("jaxdqn.train", sys.argv[1:])
@@ -33,7 +38,18 @@ if __name__ == "__main__":  # jax.distributed must start before gymnax's import 
 import jax  # noqa: E402  (the process start is read before the slow imports)
 import numpy as np  # noqa: E402
 
-from jaxdqn import distributed, parallel, population  # noqa: E402
+
+def _start_backend() -> None:
+    try:
+        jax.devices()
+    except Exception:  # noqa: BLE001  (the main thread meets the same error, and reports it)
+        pass
+
+
+if __name__ == "__main__":  # the device starts up while the modules below import
+    threading.Thread(target=_start_backend, daemon=True).start()
+
+from jaxdqn import distributed, parallel, population, program_cache  # noqa: E402
 from jaxdqn.agent import DQN  # noqa: E402
 from jaxdqn.config import TrainConfig, add_config_flags, build_config, make_parser  # noqa: E402
 from jaxdqn.networks import make_network  # noqa: E402
@@ -48,7 +64,11 @@ DEFAULT_COMPILE_CACHE = os.environ.get("JAXDQN_COMPILE_CACHE", str(Path.home() /
 
 @dataclasses.dataclass
 class Program:
-    """The built pieces of a run: environment, network, trainer and its compiled-on-demand functions."""
+    """The built pieces of a run: environment, network, trainer and its jitted functions.
+
+    `init(seed, hparams)`, `run_chunk(state)` and `evaluate(params_block, seed, index)` are jitted
+    (compiled on first call); `compile` builds all three at once, or loads them (`jaxdqn.program_cache`).
+    """
 
     config: TrainConfig
     spec: EnvSpec
@@ -63,11 +83,42 @@ class Program:
     def num_devices(self) -> int:
         return self.mesh.size
 
+    def init_args(self) -> tuple[np.ndarray, Any]:
+        """`init`'s arguments for the run: the seed(s) and traced hyperparameters (one agent or a population)."""
+        if len(self.agents) > 1:
+            return population.agent_seeds(self.agents), population.stacked_hparams(self.config, self.agents)
+        return np.int32(self.config.seed), self.config.hparams
+
     def initial_state(self):
         """The run's first state: one agent, or the population's, stacked on an agent axis."""
-        if len(self.agents) > 1:
-            return self.init(population.agent_keys(self.agents), population.stacked_hparams(self.config, self.agents))
-        return self.init(jax.random.key(self.config.seed), self.config.hparams)
+        return self.init(*self.init_args())
+
+    def compile(self, cache_dir: Path | None = None) -> tuple[Any, Any, Any, bool]:
+        """`(init, run_chunk, evaluate, loaded)` compiled together; loaded from `cache_dir` if it has them."""
+        seed, hparams = self.init_args()
+
+        @functools.cache
+        def abstract_state():  # traced only when something must be compiled
+            return jax.tree.map(
+                lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=parallel.sharded(self.mesh)),
+                jax.eval_shape(self.init, seed, hparams))
+
+        def params_block():
+            first_device = jax.sharding.SingleDeviceSharding(self.mesh.devices.flat[0])
+            return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((1, *leaf.shape[1:]), leaf.dtype,
+                                                                  sharding=first_device), abstract_state().params)
+
+        lowerers = {
+            "init": lambda: self.init.lower(seed, hparams),
+            "run_chunk": lambda: self.run_chunk.lower(abstract_state()),
+            "evaluate": lambda: self.evaluate.lower(params_block(), np.int32(0), np.int32(0)),
+        }
+        key = None
+        if cache_dir is not None and jax.process_count() == 1:
+            key = program_cache.program_key(self.config, self.dqn.env, self.dqn.env_params, self.dqn.network,
+                                            list(self.mesh.devices.flat))
+        compiled, loaded = program_cache.load_or_compile(lowerers, cache_dir if key else None, key)
+        return compiled["init"], compiled["run_chunk"], compiled["evaluate"], loaded
 
 
 def build_program(config: TrainConfig) -> Program:
@@ -83,13 +134,9 @@ def build_program(config: TrainConfig) -> Program:
     network = make_network(obs_shape, env.action_space(env_params).n, config, spec.make_network)
     dqn = DQN(config, env, env_params, network, num_devices=num_devices, axis_name=parallel.AXIS)
     agents = population.make_agents(config)
-    if len(agents) > 1:  # params and keys carry a leading agent axis
-        evaluate = jax.jit(lambda params, keys, episodes: jax.vmap(
-            lambda agent_params, key: dqn.evaluate(agent_params, key, episodes))(params, keys), static_argnums=2)
-    else:
-        evaluate = jax.jit(dqn.evaluate, static_argnums=2)
     return Program(config, spec, dqn, mesh, parallel.make_init(dqn, mesh, len(agents)),
-                   parallel.make_run_chunk(dqn, mesh, config.chunk_iterations, len(agents)), evaluate, agents)
+                   parallel.make_run_chunk(dqn, mesh, config.chunk_iterations, len(agents)),
+                   parallel.make_evaluate(dqn, config.eval_episodes, len(agents)), agents)
 
 
 def enable_compile_cache(path: str | None) -> None:
@@ -109,8 +156,11 @@ def default_log_dir(env_name: str) -> Path:
 
 def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool = True,
           stream=sys.stderr, checkpoints: CheckpointOptions | None = None,
-          resume: Checkpoint | None = None) -> dict[str, Any]:
+          resume: Checkpoint | None = None, program_cache_dir: Path | None = None) -> dict[str, Any]:
     """Trains per `config`, writing outputs to `log_dir` (None: write nothing); returns the summary.
+
+    With `program_cache_dir`, the compiled programs are loaded from (or saved to) that folder
+    (`jaxdqn.program_cache`).
 
     With `checkpoints`, saves Orbax checkpoints every `checkpoints.frequency` chunks and at the end.
     With `resume` (from `jaxdqn.checkpoint.find`), continues that run: `config` must keep its shape
@@ -132,23 +182,15 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
 
     compile_start = time.time()
     agents = program.agents
-    state = program.initial_state()
-    restore_s, start_chunk = 0.0, 0
+    restore_s, start_chunk, template = 0.0, 0, None
     if resume is not None:  # before compiling the chunk, so that a damaged checkpoint fails at once
         restore_start = time.time()
-        state = jax.block_until_ready(checkpoint.restore_state(resume, state, program.num_devices))
+        template = jax.block_until_ready(checkpoint.restore_state(resume, program.initial_state(),
+                                                                  program.num_devices))
         restore_s = time.time() - restore_start
-    params = parallel.first_device(state.params)
-    eval_key = jax.random.key(config.seed + 1)
-
-    def eval_keys(chunk: int) -> jax.Array:
-        key = jax.random.fold_in(eval_key, chunk)
-        return jax.random.split(key, len(agents)) if len(agents) > 1 else key
-
-    # The training chunk and the evaluation compile at the same time (XLA compiles without the GIL).
-    lowered = (program.run_chunk.lower(state), program.evaluate.lower(params, eval_keys(0), config.eval_episodes))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        run_chunk, evaluate = pool.map(lambda program_text: program_text.compile(), lowered)
+    init, run_chunk, evaluate, programs_loaded = program.compile(program_cache_dir)
+    state = template if template is not None else init(*program.init_args())
+    eval_seed = np.int32(config.seed + 1)  # evaluation `index` uses the key fold_in(key(seed + 1), index)
     jax.block_until_ready(state)
     compile_s = time.time() - compile_start - restore_s
 
@@ -176,7 +218,7 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
         for chunk in range(start_chunk, config.num_chunks):
             state, metrics = run_chunk(state)
             metrics = jax.tree.map(lambda leaf: np.nanmean(leaf) if leaf.ndim else leaf,  # over agents
-                                   jax.tree.map(np.asarray, parallel.first_device(metrics)))
+                                   parallel.first_device(metrics))
             env_steps = int(metrics.iteration) * config.num_envs
             last_chunk = chunk == config.num_chunks - 1
             row = {
@@ -191,7 +233,7 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
             }
             if (chunk + 1) % config.eval_every_chunks == 0 or last_chunk:
                 eval_start = time.time()
-                returns, lengths = evaluate(parallel.first_device(state.params), eval_keys(chunk))
+                returns, lengths = evaluate(parallel.first_device_block(state.params), eval_seed, np.int32(chunk))
                 returns, lengths = np.asarray(returns), np.asarray(lengths)  # [(agents,) episodes]
                 if len(agents) > 1:
                     row["eval_return_agents"] = returns.mean(axis=1).tolist()
@@ -247,6 +289,7 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
         "checkpoint_blocking_s": saver.blocking_s if saver is not None else None,
         "checkpoint_final_wait_s": saver.close_s if saver is not None else None,
         "num_agents": len(agents),
+        "programs_loaded": programs_loaded,
         "jax_version": jax.__version__,
         "log_dir": str(log_dir) if log_dir is not None else None,
     }
@@ -354,12 +397,14 @@ def main(argv: list[str] | None = None) -> int:
             from jaxdqn import checkpoint
 
             checkpoint.check_save_dir(saving.directory, overwrite=saving.overwrite, resume=resume)
-        enable_compile_cache(None if args.no_compile_cache else args.compile_cache)
+        compile_cache = None if args.no_compile_cache else args.compile_cache
+        enable_compile_cache(compile_cache)
         log_dir = config.log_dir or (resume.meta.get("log_dir") if resume is not None else None)
         log_dir = Path(log_dir) if log_dir else default_log_dir(config.env)
         # Every process trains; process 0 alone shows progress, writes the outputs and prints.
         summary = train(config, log_dir=log_dir if main_process else None,
-                        show_progress=main_process and not args.quiet, checkpoints=saving, resume=resume)
+                        show_progress=main_process and not args.quiet, checkpoints=saving, resume=resume,
+                        program_cache_dir=Path(compile_cache) / "programs" if compile_cache else None)
     except ConfigError as error:
         print(f"jaxdqn.train: error: {error}", file=sys.stderr)
         return 2

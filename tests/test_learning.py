@@ -19,7 +19,7 @@ from tests.probe_envs import q_values
 def run_program(config, num_chunks=None):
     """Runs `num_chunks` jitted chunks through the layered API; returns the program, state and metrics."""
     program = build_program(config)
-    state = program.init(jax.random.key(config.seed), config.hparams)
+    state = program.init(np.int32(config.seed), config.hparams)
     metrics = []
     for _ in range(num_chunks or config.num_chunks):
         state, chunk_metrics = program.run_chunk(state)

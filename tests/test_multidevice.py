@@ -18,7 +18,7 @@ from jaxdqn.train import build_program
 config = TrainConfig(num_envs=64, total_steps=64 * 48, buffer_size=64 * 16, batch_size=64, updates_per_step=4,
                      learning_starts=256, chunk_steps=64 * 16, hidden_sizes=(32,)).validate()
 program = build_program(config)
-state = program.init(jax.random.key(0), config.hparams)
+state = program.init(0, config.hparams)
 for _ in range(config.num_chunks):
     state, metrics = program.run_chunk(state)
 leaves = [np.asarray(leaf) for leaf in jax.tree.leaves((state.params, state.target_params, state.opt_state))]
@@ -75,7 +75,7 @@ from jaxdqn.train import build_program
 config = TrainConfig(num_envs=64, total_steps=64 * 32, buffer_size=64 * 16, batch_size=64, updates_per_step=2,
                      learning_starts=256, chunk_steps=64 * 16, hidden_sizes=(16,)).validate()
 program = build_program(config)
-state = program.init(jax.random.key(0), config.hparams)
+state = program.init(0, config.hparams)
 for _ in range(config.num_chunks):
     state, _ = program.run_chunk(state)
 import hashlib

@@ -1,0 +1,134 @@
+"""Compiled programs kept on disk, so that a repeated run neither traces nor compiles them.
+
+JAX's persistent compilation cache (also on, see `jaxdqn.train`) skips XLA's compilation, but a run
+still has to trace and lower every program before it can look it up: about 1 s of the start of a
+CartPole run on an H100, as long as the training itself. This cache stores the compiled executables
+(`jax.experimental.serialize_executable`) under a key computed before any tracing, from everything
+that shapes them: the run's config, the environment and network, the source files of jaxdqn, of
+`envs/` and of the environment's class, the library versions, the devices, the XLA flags and the JAX
+settings that change what a trace produces. A missing, stale or unreadable entry just means the
+programs are compiled again (and the entry rewritten); a wrong program is never loaded, because the
+key covers every input the programs are built from.
+
+It is used for single-process runs only; with `jax.distributed` every process compiles.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import importlib.metadata
+import inspect
+import os
+import pickle
+import platform
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+from jax.experimental import serialize_executable
+
+FORMAT = "jaxdqn-programs-1"
+# Settings that change the programs a trace produces (beyond the config): read at key time.
+_JAX_SETTINGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_default_prng_impl",
+                 "jax_threefry_partitionable", "jax_numpy_rank_promotion")
+_LIBRARIES = ("jax", "jaxlib", "flax", "optax", "chex", "gymnax", "numpy")
+# Config fields that only the host loop reads: runs differing in them share programs.
+HOST_ONLY_FIELDS = ("seed", "log_dir", "until_solved", "eval_frequency")
+
+
+def _source_files(objects: list[Any]) -> list[Path]:
+    """The `.py` files of jaxdqn, of the `envs` package and of the modules defining `objects`."""
+    import jaxdqn
+
+    files = set(Path(jaxdqn.__file__).parent.glob("*.py"))
+    envs = sys.modules.get("envs")
+    if envs is not None and getattr(envs, "__file__", None):
+        files.update(Path(envs.__file__).parent.glob("*.py"))
+    for obj in objects:
+        try:
+            files.add(Path(inspect.getsourcefile(type(obj) if not inspect.isclass(obj) else obj)))
+        except (TypeError, OSError):  # built in, or defined interactively: its repr is in the key
+            pass
+    return sorted(files)
+
+
+def _version(library: str) -> str:
+    try:
+        return importlib.metadata.version(library)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def program_key(config, env, env_params, network, devices: list[Any]) -> str:
+    """A digest of everything the run's compiled programs depend on."""
+    settings = dataclasses.asdict(config)
+    for name in HOST_ONLY_FIELDS:
+        settings.pop(name, None)
+    digest = hashlib.sha256()
+    parts = [
+        FORMAT, repr(sorted(settings.items())), f"{type(env).__module__}.{type(env).__qualname__}",
+        repr(env_params), repr(network), platform.python_version(),
+        *(f"{library}={_version(library)}" for library in _LIBRARIES),
+        *(f"{name}={jax.config.values.get(name)!r}" for name in _JAX_SETTINGS),
+        os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", ""),
+        str(jax.process_count()), str(len(jax.devices())),
+        *(f"{device.platform}:{device.device_kind}:{device.id}" for device in devices),
+        devices[0].client.platform_version,
+    ]
+    for part in parts:
+        digest.update(part.encode() + b"\0")
+    for path in _source_files([env, network]):
+        digest.update(str(path.name).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _load(path: Path, names: list[str]) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as file:
+            saved = pickle.load(file)
+        return {name: serialize_executable.deserialize_and_load(*saved[name]) for name in names}
+    except Exception:  # noqa: BLE001  (missing, truncated or from another build: compile instead)
+        return None
+
+
+def _store(path: Path, compiled: Mapping[str, Any]) -> None:
+    try:
+        blobs = {name: serialize_executable.serialize(program) for name, program in compiled.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(partial, "wb") as file:
+            pickle.dump(blobs, file)
+        os.replace(partial, path)  # readers see a whole entry or none
+    except Exception:  # noqa: BLE001  (a backend that cannot serialize, a read-only folder: no cache)
+        pass
+
+
+def load_or_compile(lowerers: Mapping[str, Callable[[], Any]], cache_dir: Path | None,
+                    key: str | None) -> tuple[dict[str, Any], bool]:
+    """The compiled programs named in `lowerers`, loaded from `cache_dir` or traced and compiled.
+
+    Args:
+      lowerers: name -> `() -> jax.stages.Lowered`, called only when the cache has no entry.
+      cache_dir: the cache folder, or None to always compile.
+      key: `program_key(...)` of the run.
+
+    Returns:
+      `({name: jax.stages.Compiled}, loaded)`; `loaded` is True when nothing was compiled. Tracing is
+      serial (it holds the GIL); XLA compiles the programs in parallel threads.
+    """
+    path = cache_dir / f"{key}.programs" if cache_dir is not None and key is not None else None
+    if path is not None and path.exists():
+        loaded = _load(path, list(lowerers))
+        if loaded is not None:
+            return loaded, True
+    lowered = {name: lower() for name, lower in lowerers.items()}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(lowered)) as pool:
+        futures = {name: pool.submit(program.compile) for name, program in lowered.items()}
+        compiled = {name: future.result() for name, future in futures.items()}
+    if path is not None:
+        _store(path, compiled)
+    return compiled, False

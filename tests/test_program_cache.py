@@ -1,0 +1,72 @@
+"""The on-disk cache of compiled programs: a repeated run loads them and trains identically; keys and bad entries."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxdqn import program_cache
+from jaxdqn.agent import DQN
+from jaxdqn.train import build_program, train
+
+
+def run(config, cache_dir):
+    return train(config, log_dir=None, show_progress=False, program_cache_dir=cache_dir)
+
+
+def comparable(summary):
+    return {key: summary[key] for key in ("total_steps", "updates", "eval_return_mean", "eval_return_std",
+                                          "eval_length_mean")}
+
+
+def test_a_second_run_loads_the_programs_without_tracing_and_trains_identically(small_config, tmp_path, monkeypatch):
+    config = small_config(total_steps=16 * 4 * 3, chunk_steps=16 * 4, eval_frequency=16 * 4)
+    first = run(config, tmp_path)
+    assert first["programs_loaded"] is False
+    assert len(list(tmp_path.glob("*.programs"))) == 1
+
+    traces = []
+    original = DQN.train_step
+    monkeypatch.setattr(DQN, "train_step", lambda self, state: traces.append(1) or original(self, state))
+    second = run(config, tmp_path)
+    assert second["programs_loaded"] is True
+    assert traces == []  # nothing was traced
+    assert comparable(second) == comparable(first)
+
+    other_seed = run(dataclasses.replace(config, seed=1), tmp_path)  # the seed is an argument, not a constant
+    assert other_seed["programs_loaded"] is True
+    assert comparable(other_seed) != comparable(first)
+
+
+def test_the_key_changes_with_what_shapes_the_programs_and_not_with_host_only_settings(small_config):
+    def key(config):
+        program = build_program(config)
+        return program_cache.program_key(config, program.dqn.env, program.dqn.env_params, program.dqn.network,
+                                         list(program.mesh.devices.flat))
+
+    base = small_config()
+    assert key(base) == key(dataclasses.replace(base, seed=7, log_dir="elsewhere", until_solved=True))
+    for change in (dict(num_envs=32), dict(hidden_sizes=(8,)), dict(double=False), dict(total_steps=1024),
+                   dict(env="Acrobot-v1")):
+        assert key(dataclasses.replace(base, **change)) != key(base), change
+
+
+def test_the_key_covers_the_environments_source_file():
+    from jaxdqn.registry import make_env
+
+    _, env, _ = make_env("CartPole-v1")
+    files = {path.name for path in program_cache._source_files([env])}
+    assert "cartpole.py" in files and "agent.py" in files
+
+
+def test_a_damaged_entry_is_compiled_again_and_rewritten(small_config, tmp_path):
+    config = small_config(total_steps=16 * 4 * 2, chunk_steps=16 * 4, eval_frequency=16 * 4)
+    first = run(config, tmp_path)
+    (entry,) = tmp_path.glob("*.programs")
+    entry.write_bytes(b"not a pickle")
+    again = run(config, tmp_path)
+    assert again["programs_loaded"] is False
+    assert comparable(again) == comparable(first)
+    assert run(config, tmp_path)["programs_loaded"] is True
+    assert np.isfinite(again["eval_return_mean"])
