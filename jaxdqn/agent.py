@@ -41,7 +41,7 @@ class TrainerState(struct.PyTreeNode):
 
     params: Any
     target_params: Any
-    opt_state: Any
+    opt_state: Any  # Adam's state over the parameters raveled into one vector (see `DQN.flat_update`)
     buffer: replay.ReplayBuffer
     env_state: Any  # [local_envs] gymnax env states
     obs: jnp.ndarray  # [local_envs, *obs_shape]
@@ -51,6 +51,15 @@ class TrainerState(struct.PyTreeNode):
     iteration: jnp.ndarray  # int32 vector steps done; env steps = iteration * num_envs (no overflow)
     updates: jnp.ndarray  # int32 gradient updates done
     hparams: HParams
+
+
+class FlatLearner(struct.PyTreeNode):
+    """What a gradient update changes, with the parameters raveled into one vector each (`DQN.flat_update`)."""
+
+    params: jnp.ndarray
+    target_params: jnp.ndarray
+    opt_state: Any  # the optimizer's state for the raveled parameters (TrainerState.opt_state)
+    updates: jnp.ndarray
 
 
 class StepMetrics(struct.PyTreeNode):
@@ -136,7 +145,7 @@ class DQN:
         return TrainerState(
             params=params,
             target_params=params,
-            opt_state=self.make_optimizer(hparams.lr).init(params),
+            opt_state=self.make_optimizer(hparams.lr).init(jax.flatten_util.ravel_pytree(params)[0]),
             buffer=replay.init(self.config.buffer_rows, example, prioritized=self.config.prioritized),
             env_state=env_state,
             obs=obs,
@@ -199,28 +208,34 @@ class DQN:
         Returns the new state, the loss and, with prioritized replay, the batch's TD errors before the
         update (else None).
         """
-        if self.config.prioritized:  # the errors become the sampled slots' new priorities
-            (loss, errors), grads = jax.value_and_grad(self.loss_and_errors, has_aux=True)(
-                state.params, state.target_params, batch)
-        else:
-            loss, grads = jax.value_and_grad(self.loss)(state.params, state.target_params, batch)
-            errors = None
-        if self.axis_name is not None:
-            # One all-reduce of one flat vector rather than one per parameter leaf.
-            flat, unravel = jax.flatten_util.ravel_pytree((grads, loss))
-            grads, loss = unravel(jax.lax.pmean(flat, self.axis_name))
-        param_updates, opt_state = self.make_optimizer(state.hparams.lr).update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, param_updates)
-        updates = state.updates + 1
-        # Selects rather than branches: a `lax.cond` costs a device-to-host sync per update on GPUs.
+        flat, unravel = jax.flatten_util.ravel_pytree(state.params)
+        learner = FlatLearner(flat, jax.flatten_util.ravel_pytree(state.target_params)[0], state.opt_state,
+                              state.updates)
+        learner, loss, errors = self.flat_update(learner, batch, unravel, state.hparams)
+        return state.replace(params=unravel(learner.params), target_params=unravel(learner.target_params),
+                             opt_state=learner.opt_state, updates=learner.updates), loss, errors
+
+    def flat_update(self, learner: "FlatLearner", batch: replay.Batch, unravel,
+                    hparams: HParams) -> tuple["FlatLearner", jnp.ndarray, jnp.ndarray]:
+        """`update` on parameters raveled into one vector (`unravel` rebuilds the network's tree).
+
+        Clipping, Adam and the target update then run over one vector, a few kernels whatever the
+        network's number of layers, instead of a few kernels per parameter array.
+        """
+        def flat_loss(flat_params):
+            return self.loss_and_errors(unravel(flat_params), unravel(learner.target_params), batch)
+
+        (loss, errors), grads = jax.value_and_grad(flat_loss, has_aux=True)(learner.params)
+        if self.axis_name is not None:  # one all-reduce of one vector
+            grads, loss = jax.lax.pmean((grads, loss), self.axis_name)
+        param_updates, opt_state = self.make_optimizer(hparams.lr).update(grads, learner.opt_state, learner.params)
+        params = learner.params + param_updates
+        updates = learner.updates + 1
+        # A select rather than a branch: a `lax.cond` costs a device-to-host sync per update on GPUs.
         due = updates % self.config.target_update_frequency == 0
-        target_params = jax.tree.map(
-            lambda new, old: jnp.where(due, new, old),
-            optax.incremental_update(params, state.target_params, state.hparams.tau),
-            state.target_params,
-        )
-        state = state.replace(params=params, target_params=target_params, opt_state=opt_state, updates=updates)
-        return state, loss, errors
+        target_params = jnp.where(due, optax.incremental_update(params, learner.target_params, hparams.tau),
+                                  learner.target_params)
+        return FlatLearner(params, target_params, opt_state, updates), loss, errors if self.config.prioritized else None
 
     def sample_batches(self, buffer: replay.ReplayBuffer, key: jax.Array, iteration: jnp.ndarray,
                        gamma: jnp.ndarray) -> tuple[replay.Batch, tuple[jnp.ndarray, jnp.ndarray]]:
@@ -245,20 +260,22 @@ class DQN:
         replay_buffer = state.buffer  # read-only here: kept out of the loop's carry
         batches, (rows, envs) = self.sample_batches(replay_buffer, key, state.iteration, state.hparams.gamma)
 
-        # Only what the updates change travels through the loop: carrying the whole state would copy
-        # its unchanged fields (env states, observations, ...) on every update.
-        learner_fields = ("params", "target_params", "opt_state", "updates")
-        constant = state.replace(buffer=None)
+        # Only what the updates change travels through the loop, and the parameters as one vector each
+        # (`flat_update`): carrying the whole state would copy its unchanged fields on every update.
+        flat, unravel = jax.flatten_util.ravel_pytree(state.params)
+        learner = FlatLearner(flat, jax.flatten_util.ravel_pytree(state.target_params)[0], state.opt_state,
+                              state.updates)
 
-        def update(learner: dict, batch: replay.Batch):
-            updated, loss, errors = self.update(constant.replace(**learner), batch)
-            return {name: getattr(updated, name) for name in learner_fields}, (loss, errors)
+        def update(learner: FlatLearner, batch: replay.Batch):
+            learner, loss, errors = self.flat_update(learner, batch, unravel, state.hparams)
+            return learner, (loss, errors)
 
-        learner, (step_losses, errors) = jax.lax.scan(update, {name: getattr(state, name) for name in learner_fields},
-                                                      batches, unroll=self.config.unroll_updates)
+        learner, (step_losses, errors) = jax.lax.scan(update, learner, batches, unroll=self.config.unroll_updates)
         if self.config.prioritized:
             replay_buffer = replay.update_priorities(replay_buffer, rows, envs, errors, self.config.priority_alpha)
-        return state.replace(buffer=replay_buffer, **learner), jnp.sum(step_losses)
+        return state.replace(buffer=replay_buffer, params=unravel(learner.params),
+                             target_params=unravel(learner.target_params), opt_state=learner.opt_state,
+                             updates=learner.updates), jnp.sum(step_losses)
 
     # One iteration ---------------------------------------------------------------------------
     def train_step(self, state: TrainerState) -> tuple[TrainerState, StepMetrics]:
