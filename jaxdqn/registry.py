@@ -103,9 +103,11 @@ SOLVED_THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "MountainCar-v0
 
 # Per-environment hyperparameters that differ from `TrainConfig`'s (CartPole-tuned) defaults.
 # Acrobot-v1 learns with them as they are (seed 0: final greedy return -77 after the default 3M env
-# steps); MountainCar-v0 needs a longer run (seed 0: -119 after 3M, -103 after 10M).
+# steps); MountainCar-v0 needs a longer run (seed 0: -119 after 3M, -103 after 10M). The MinAtar games
+# train for 5M env steps, the budget of the MinAtar paper's DQN (Young & Tian 2019).
 GYMNAX_DEFAULTS: dict[str, dict[str, Any]] = {
     "MountainCar-v0": {"total_steps": 10_000_000},
+    **{f"{game}-MinAtar": {"total_steps": 5_000_000} for game in ("Asterix", "Breakout", "Freeway", "SpaceInvaders")},
 }
 
 
