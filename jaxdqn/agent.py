@@ -215,12 +215,13 @@ class DQN:
         return state.replace(params=unravel(learner.params), target_params=unravel(learner.target_params),
                              opt_state=learner.opt_state, updates=learner.updates), loss, errors
 
-    def flat_update(self, learner: "FlatLearner", batch: replay.Batch, unravel,
-                    hparams: HParams) -> tuple["FlatLearner", jnp.ndarray, jnp.ndarray]:
+    def flat_update(self, learner: "FlatLearner", batch: replay.Batch, unravel, hparams: HParams,
+                    active: jnp.ndarray | bool = True) -> tuple["FlatLearner", jnp.ndarray, jnp.ndarray]:
         """`update` on parameters raveled into one vector (`unravel` rebuilds the network's tree).
 
         Clipping, Adam and the target update then run over one vector, a few kernels whatever the
-        network's number of layers, instead of a few kernels per parameter array.
+        network's number of layers, instead of a few kernels per parameter array. Where `active` is
+        False the learner comes back unchanged (a select inside the same kernels, not a branch).
         """
         def flat_loss(flat_params):
             return self.loss_and_errors(unravel(flat_params), unravel(learner.target_params), batch)
@@ -235,7 +236,10 @@ class DQN:
         due = updates % self.config.target_update_frequency == 0
         target_params = jnp.where(due, optax.incremental_update(params, learner.target_params, hparams.tau),
                                   learner.target_params)
-        return FlatLearner(params, target_params, opt_state, updates), loss, errors if self.config.prioritized else None
+        updated = FlatLearner(params, target_params, opt_state, updates)
+        if active is not True:
+            updated = jax.tree.map(lambda new, old: jnp.where(active, new, old), updated, learner)
+        return updated, loss, errors if self.config.prioritized else None
 
     def sample_batches(self, buffer: replay.ReplayBuffer, key: jax.Array, iteration: jnp.ndarray,
                        gamma: jnp.ndarray) -> tuple[replay.Batch, tuple[jnp.ndarray, jnp.ndarray]]:
@@ -250,7 +254,8 @@ class DQN:
             (rows, envs), weights = replay.sample_uniform(buffer, key, shape, n_step), None
         return replay.gather_batch(buffer, rows, envs, gamma, n_step).replace(weight=weights), (rows, envs)
 
-    def learn(self, state: TrainerState, key: jax.Array) -> tuple[TrainerState, jnp.ndarray]:
+    def learn(self, state: TrainerState, key: jax.Array,
+              active: jnp.ndarray | bool = True) -> tuple[TrainerState, jnp.ndarray]:
         """`updates_per_step` gradient updates; returns the summed loss.
 
         The batches of all the updates are sampled up front, in one gather per field: the loop of
@@ -267,7 +272,7 @@ class DQN:
                               state.updates)
 
         def update(learner: FlatLearner, batch: replay.Batch):
-            learner, loss, errors = self.flat_update(learner, batch, unravel, state.hparams)
+            learner, loss, errors = self.flat_update(learner, batch, unravel, state.hparams, active)
             return learner, (loss, errors)
 
         learner, (step_losses, errors) = jax.lax.scan(update, learner, batches, unroll=self.config.unroll_updates)
@@ -304,21 +309,17 @@ class DQN:
             key=key,
             iteration=state.iteration + 1,
         )
-        # Before `learning_starts` the updates are computed and discarded (a select, not a branch).
+        # Before `learning_starts` the updates are computed and discarded: selects inside the updates'
+        # own kernels (`flat_update`'s `active`), not a branch and not a second copy of the learner.
         learned = state.buffer.filled_rows >= self.learning_starts_rows
-        trained, loss_sum = self.learn(state, learn_key)
-        keep = lambda new, old: jnp.where(learned, new, old)  # noqa: E731
-        state = state.replace(
-            params=jax.tree.map(keep, trained.params, state.params),
-            target_params=jax.tree.map(keep, trained.target_params, state.target_params),
-            opt_state=jax.tree.map(keep, trained.opt_state, state.opt_state),
-            updates=keep(trained.updates, state.updates),
-        )
+        trained, loss_sum = self.learn(state, learn_key, active=learned)
         if self.config.prioritized:  # the priorities written by `learn`, if it counted
-            state = state.replace(buffer=state.buffer.replace(
+            keep = lambda new, old: jnp.where(learned, new, old)  # noqa: E731
+            trained = trained.replace(buffer=state.buffer.replace(
                 priority=keep(trained.buffer.priority, state.buffer.priority),
                 max_priority=keep(trained.buffer.max_priority, state.buffer.max_priority),
             ))
+        state = trained
         loss_sum = jnp.where(learned, loss_sum, 0.0)
         metrics = StepMetrics(
             loss_sum=loss_sum,

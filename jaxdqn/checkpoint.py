@@ -12,11 +12,12 @@ four items written together (`ocp.args.Composite`):
 - `meta`: JSON bookkeeping: counters, device count, observation shape and action count, whether the
   buffer is inside, the metrics rows so far (so that a resumed run's metrics.csv is complete).
 
-Saving is asynchronous: `CheckpointManager.save` copies the arrays to host memory before it returns
-(so the next chunk may donate the state's buffers) and writes them in a background thread. Orbax
-writes each step into `<step>.orbax-checkpoint-tmp` and renames it to `<step>` once every item is
-committed; on a local disk that rename is the commit, so a run killed mid-save leaves only a tmp
-folder, which is never listed as a step and is removed when the run is resumed.
+Saving is asynchronous: `Checkpointer.save` blocks the training loop only to copy the arrays to host
+memory (so the next chunk may donate the state's buffers); one background thread then writes them with
+Orbax, in the order they were saved, and `close` waits for it. Orbax writes each step into
+`<step>.orbax-checkpoint-tmp` and renames it to `<step>` once every item is committed; on a local disk
+that rename is the commit, so a run killed mid-save leaves only a tmp folder, which is never listed as a
+step and is removed when the run is resumed.
 
 Resuming without the buffer: the buffer restarts empty, and the resumed run acts (epsilon-greedy,
 on the epsilon schedule) without learning until it has collected `max(learning_starts, batch_size)`
@@ -31,6 +32,7 @@ with a one-line reason, before anything is written.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
@@ -298,6 +300,9 @@ def check_save_dir(directory: str | Path, *, overwrite: bool = False, resume: Ch
 class Checkpointer:
     """Saves a run's checkpoints asynchronously, keeping the latest `options.keep`.
 
+    `save` copies the state to host memory on the calling thread and hands the Orbax write to one
+    background thread; a failed write is raised by the next `save` or by `close`.
+
     Args:
       options: folder, frequency, retention, whether to save the buffer.
       config: the run's settings, saved as JSON beside the arrays.
@@ -326,40 +331,59 @@ class Checkpointer:
             "jaxdqn_version": __version__,
             "jax_version": jax.__version__,
         }
+        # Orbax saves synchronously, on the writer thread: that thread is what makes saving asynchronous.
         self.manager = _manager(Path(options.directory), max_to_keep=options.keep, create=True,
-                                enable_async_checkpointing=True)
-        self.saved_steps: list[int] = []
+                                enable_async_checkpointing=False)
+        self.writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self.pending_writes: list[concurrent.futures.Future] = []  # in save order: one writer thread
+        self.saved_steps: list[int] = []  # steps whose save was started
         self.blocking_s = 0.0  # time the training loop spent inside `save`
-        self.close_s = 0.0  # time `close` waited for the last checkpoint to be written
+        self.close_s = 0.0  # time `close` waited for the last checkpoints to be written
 
     def save(self, state, *, rows: list[dict[str, Any]], solved_at: tuple[int, float] | None) -> int:
         """Starts saving `state` (with its device axis); returns its step (env steps) once the arrays are
-        copied to host memory, while the files are written in the background."""
+        copied to host memory, while the files are written in the background.
+
+        Raises:
+          Exception: the error of an earlier save whose write failed (raised once, here or by `close`).
+        """
         start = time.time()
-        iteration, updates = (int(parallel.first_device(leaf)) for leaf in (state.iteration, state.updates))
+        self._collect_writes(wait=False)
+        host_state = jax.device_get(state if self.options.save_buffer else state.replace(buffer=None))
+        iteration, updates = (int(parallel.first_device(leaf)) for leaf in (host_state.iteration, host_state.updates))
         step = iteration * self.config.num_envs
         meta = dict(self.static_meta, iteration=iteration, updates=updates, env_steps=step,
                     rows=[_json_row(row) for row in rows], solved_at=list(solved_at) if solved_at else None,
                     saved_at=datetime.datetime.now().isoformat(timespec="seconds"))
-        saved_state = state if self.options.save_buffer else state.replace(buffer=None)
-        started = self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(saved_state),
-            params=ocp.args.StandardSave(parallel.first_device(state.params)),
+        items = ocp.args.Composite(
+            state=ocp.args.StandardSave(host_state),
+            params=ocp.args.StandardSave(parallel.first_device(host_state.params)),
             config=ocp.args.JsonSave(dataclasses.asdict(self.config)),
             meta=ocp.args.JsonSave(meta),
-        ))
-        if not started:
-            raise RuntimeError(f"Orbax declined to save step {step} in {self.options.directory}")
+        )
+        self.pending_writes.append(self.writer.submit(self._write, step, items))
         self.saved_steps.append(step)
         self.blocking_s += time.time() - start
         return step
 
+    def _write(self, step: int, items: ocp.args.Composite) -> None:
+        """Runs on the writer thread: writes one checkpoint and returns once it is committed."""
+        if not self.manager.save(step, args=items):
+            raise RuntimeError(f"Orbax declined to save step {step} in {self.options.directory}")
+        self.manager.wait_until_finished()
+
+    def _collect_writes(self, wait: bool) -> None:
+        """Forgets the finished writes (with `wait`, all of them once finished), raising the first one's error."""
+        while self.pending_writes and (wait or self.pending_writes[0].done()):
+            self.pending_writes.pop(0).result()
+
     def close(self) -> None:
-        """Waits for the last save to be written (raising its error, if any) and releases the manager."""
+        """Waits for the pending saves to be written (raising the first error, if any) and releases the manager."""
         start = time.time()
         try:
-            self.manager.wait_until_finished()
+            self._collect_writes(wait=True)
         finally:
+            self.writer.shutdown(wait=True)  # also after an error or Ctrl-C: the later saves finish too
             self.manager.close()
             self.close_s += time.time() - start
 

@@ -86,11 +86,12 @@ def program_key(config, env, env_params, network, devices: list[Any]) -> str:
     return digest.hexdigest()[:32]
 
 
-def _load(path: Path, names: list[str]) -> dict[str, Any] | None:
+def _load(path: Path, devices: Mapping[str, list[Any]]) -> dict[str, Any] | None:
     try:
         with open(path, "rb") as file:
             saved = pickle.load(file)
-        return {name: serialize_executable.deserialize_and_load(*saved[name]) for name in names}
+        return {name: serialize_executable.deserialize_and_load(*saved[name], execution_devices=program_devices)
+                for name, program_devices in devices.items()}
     except Exception:  # noqa: BLE001  (missing, truncated or from another build: compile instead)
         return None
 
@@ -107,12 +108,13 @@ def _store(path: Path, compiled: Mapping[str, Any]) -> None:
         pass
 
 
-def load_or_compile(lowerers: Mapping[str, Callable[[], Any]], cache_dir: Path | None,
-                    key: str | None) -> tuple[dict[str, Any], bool]:
+def load_or_compile(lowerers: Mapping[str, Callable[[], Any]], devices: Mapping[str, list[Any]],
+                    cache_dir: Path | None, key: str | None) -> tuple[dict[str, Any], bool]:
     """The compiled programs named in `lowerers`, loaded from `cache_dir` or traced and compiled.
 
     Args:
       lowerers: name -> `() -> jax.stages.Lowered`, called only when the cache has no entry.
+      devices: name -> the devices that program runs on (a loaded program must be bound to them).
       cache_dir: the cache folder, or None to always compile.
       key: `program_key(...)` of the run.
 
@@ -122,7 +124,7 @@ def load_or_compile(lowerers: Mapping[str, Callable[[], Any]], cache_dir: Path |
     """
     path = cache_dir / f"{key}.programs" if cache_dir is not None and key is not None else None
     if path is not None and path.exists():
-        loaded = _load(path, list(lowerers))
+        loaded = _load(path, devices)
         if loaded is not None:
             return loaded, True
     lowered = {name: lower() for name, lower in lowerers.items()}

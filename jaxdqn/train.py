@@ -117,7 +117,9 @@ class Program:
         if cache_dir is not None and jax.process_count() == 1:
             key = program_cache.program_key(self.config, self.dqn.env, self.dqn.env_params, self.dqn.network,
                                             list(self.mesh.devices.flat))
-        compiled, loaded = program_cache.load_or_compile(lowerers, cache_dir if key else None, key)
+        mesh_devices = list(self.mesh.devices.flat)
+        devices = {"init": mesh_devices, "run_chunk": mesh_devices, "evaluate": mesh_devices[:1]}
+        compiled, loaded = program_cache.load_or_compile(lowerers, devices, cache_dir if key else None, key)
         return compiled["init"], compiled["run_chunk"], compiled["evaluate"], loaded
 
 

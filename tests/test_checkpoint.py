@@ -7,6 +7,7 @@ to it. Subprocesses share one compilation cache, so an identical program compile
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -14,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -130,19 +132,39 @@ def tiny_config(**overrides):
 
 # Save and restore, in process --------------------------------------------------------------------
 
-def test_save_then_restore_is_bit_identical_and_gives_the_same_greedy_actions(tmp_path):
-    import jaxdqn
-    from jaxdqn import parallel
+@pytest.fixture(scope="module")
+def tiny_program():
+    """`tiny_config()` and its program, compiled once for the in-process tests."""
     from jaxdqn.train import build_program
 
     config = tiny_config()
-    program = build_program(config)
-    state, _ = program.run_chunk(program.init(jax.random.key(3), config.hparams))
-    obs_shape = program.dqn.env.observation_space(program.dqn.env_params).shape
+    return config, build_program(config)
+
+
+def initial_state(config, program, seed: int):
+    return program.init(np.int32(seed), config.hparams)
+
+
+def one_chunk_state(config, program, seed: int = 3):
+    """A state after one chunk (4 iterations of 16 envs: step 64), its replay buffer partly filled."""
+    state, _ = program.run_chunk(initial_state(config, program, seed))
+    return state
+
+
+def tiny_saver(directory: Path, config, save_buffer: bool = False) -> checkpoint.Checkpointer:
+    return checkpoint.Checkpointer(checkpoint.CheckpointOptions(directory, save_buffer=save_buffer), config,
+                                   num_devices=1, obs_shape=(4,), num_actions=2)
+
+
+def test_save_then_restore_is_bit_identical_and_gives_the_same_greedy_actions(tiny_program, tmp_path):
+    import jaxdqn
+    from jaxdqn import parallel
+
+    config, program = tiny_program
+    state = one_chunk_state(config, program)
     for save_buffer in (True, False):
         directory = tmp_path / f"buffer_{save_buffer}"
-        saver = checkpoint.Checkpointer(checkpoint.CheckpointOptions(directory, save_buffer=save_buffer), config,
-                                        num_devices=1, obs_shape=obs_shape, num_actions=2)
+        saver = tiny_saver(directory, config, save_buffer)
         step = saver.save(state, rows=[{"env_steps": 64, "loss": float("nan")}], solved_at=None)
         saver.close()
         assert step == 64 and checkpoint.complete_steps(directory) == [64]
@@ -150,7 +172,7 @@ def test_save_then_restore_is_bit_identical_and_gives_the_same_greedy_actions(tm
         found = checkpoint.find(directory)
         assert found.config == config and found.step == 64 and found.iteration == 4
         assert found.meta["rows"] == [{"env_steps": 64, "loss": None}]
-        template = program.init(jax.random.key(99), config.hparams)  # other params, keys, envs
+        template = initial_state(config, program, seed=99)  # other params, keys, envs
         restored = checkpoint.restore_state(found, template, num_devices=1)
         if save_buffer:
             assert_trees_equal(restored, state)
@@ -165,6 +187,66 @@ def test_save_then_restore_is_bit_identical_and_gives_the_same_greedy_actions(tm
         expected = jnp.argmax(program.dqn.network.apply(parallel.first_device(state.params), obs), axis=-1)
         np.testing.assert_array_equal(policy(obs), expected)
         np.testing.assert_array_equal(jax.jit(policy)(obs), expected)  # jittable
+
+
+def test_save_returns_once_copied_to_host_and_another_thread_writes_in_order(tiny_program, tmp_path, monkeypatch):
+    config, program = tiny_program
+    state = one_chunk_state(config, program)
+    expected = jax.tree.map(lambda leaf: np.array(_raw(leaf)), state)  # copies: the next chunk donates `state`
+    directory = tmp_path / "ckpt"
+    saver = tiny_saver(directory, config, save_buffer=True)
+    orbax_save, release = saver.manager.save, threading.Event()
+    writes = []  # (step, thread, whether the test released the write): the writes wait for the test
+
+    def held_save(step, *args, **kwargs):
+        writes.append((step, threading.current_thread(), release.wait(timeout=20)))
+        return orbax_save(step, *args, **kwargs)
+
+    monkeypatch.setattr(saver.manager, "save", held_save)
+    try:
+        assert saver.save(state, rows=[], solved_at=None) == 64
+        state, _ = program.run_chunk(state)  # donates the saved state's buffers while its write waits
+        assert saver.save(state, rows=[], solved_at=None) == 128
+        assert saver.saved_steps == [64, 128] and checkpoint.complete_steps(directory) == []
+    finally:
+        release.set()
+        saver.close()
+    assert [step for step, _, _ in writes] == [64, 128]
+    assert all(thread is not threading.current_thread() and released for _, thread, released in writes)
+    assert checkpoint.complete_steps(directory) == [64, 128]
+    template = initial_state(config, program, seed=99)
+    assert_trees_equal(checkpoint.restore_state(checkpoint.find(directory, step=64), template, 1), expected)
+
+
+def test_a_failed_background_write_is_raised_by_the_next_save_or_by_close(tiny_program, tmp_path, monkeypatch):
+    config, program = tiny_program
+    state = one_chunk_state(config, program)
+
+    def failing_save(step, *args, **kwargs):
+        raise OSError(f"disk full at step {step}")
+
+    saver = tiny_saver(tmp_path / "next_save", config)
+    monkeypatch.setattr(saver.manager, "save", failing_save)
+    assert saver.save(state, rows=[], solved_at=None) == 64  # the write fails later, on the writer thread
+    concurrent.futures.wait(saver.pending_writes)
+    with pytest.raises(OSError, match="disk full at step 64"):
+        saver.save(state, rows=[], solved_at=None)
+    saver.close()  # the error was raised once; nothing is left to write
+    assert saver.saved_steps == [64] and checkpoint.complete_steps(tmp_path / "next_save") == []
+
+    saver = tiny_saver(tmp_path / "close", config)
+    orbax_close, closed = saver.manager.close, []
+
+    def recorded_close():
+        closed.append(True)
+        orbax_close()
+
+    monkeypatch.setattr(saver.manager, "save", lambda step, *args, **kwargs: False)  # Orbax declines
+    monkeypatch.setattr(saver.manager, "close", recorded_close)
+    assert saver.save(state, rows=[], solved_at=None) == 64
+    with pytest.raises(RuntimeError, match="declined to save step 64"):
+        saver.close()
+    assert closed == [True]  # the manager is released all the same
 
 
 def test_unfinished_save_is_never_picked_up_and_is_cleaned_on_resume(reference, tmp_path):
@@ -321,14 +403,21 @@ def test_evaluate_cli_end_to_end(reference, tmp_path, cache_dir):
     (reference.checkpoints / "eval.json").unlink()
 
 
-def test_trained_on_four_devices_evaluates_on_one_but_resumes_only_on_four(tmp_path, cache_dir):
+def test_four_device_run_resumes_on_four_like_the_uninterrupted_run_evaluates_on_one_not_resumes(tmp_path, cache_dir):
+    four_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     directory = tmp_path / "ckpt"
-    check_ok(train_cli(*TINY, "--total_steps", 256, "--save_model", directory, "--log_dir", tmp_path / "log",
-                       cache=cache_dir, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    check_ok(train_cli(*TINY, "--total_steps", 512, "--save_model", directory, "--log_dir", tmp_path / "log",
+                       "--save_buffer", "--checkpoint_frequency", 4, cache=cache_dir, **four_devices))
+    assert checkpoint.complete_steps(directory) == [256, 512]
     assert checkpoint.find(directory).meta["num_devices"] == 4
+    resumed = tmp_path / "resumed"
+    check_ok(train_cli("--load_model", directory, "--load_step", 256, "--save_model", resumed,
+                       "--log_dir", tmp_path / "resumed_log", cache=cache_dir, **four_devices))
+    assert checkpoint.complete_steps(resumed) == [512]
+    assert_trees_equal(saved_state(resumed, 512), saved_state(directory, 512))
     check_ok(run_cli("jaxdqn.evaluate", "--load_model", directory, cache=cache_dir))
     before = snapshot(tmp_path)
-    result = train_cli("--load_model", directory, "--total_steps", 512, cache=cache_dir)
+    result = train_cli("--load_model", directory, "--total_steps", 1024, cache=cache_dir)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "jaxdqn.train: error: the checkpoint was saved by a run on 4 device(s), this run has 1; resume on 4 "

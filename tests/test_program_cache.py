@@ -70,3 +70,27 @@ def test_a_damaged_entry_is_compiled_again_and_rewritten(small_config, tmp_path)
     assert comparable(again) == comparable(first)
     assert run(config, tmp_path)["programs_loaded"] is True
     assert np.isfinite(again["eval_return_mean"])
+
+
+def test_programs_loaded_on_four_devices_keep_their_devices(tmp_path):
+    """The evaluation program runs on one device of four: loaded, it must stay bound to that one."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, subprocess_env
+
+    command = [sys.executable, "-m", "jaxdqn.train", "--env", "cartpole", "--num_envs", "16", "--hidden_sizes", "16",
+               "--chunk_steps", "64", "--total_steps", "256", "--buffer_size", "256", "--batch_size", "32",
+               "--learning_starts", "64", "--eval_frequency", "128", "--eval_episodes", "8", "--quiet",
+               "--compile_cache", str(tmp_path / "cache")]
+    summaries = []
+    for run_index in range(2):
+        log_dir = tmp_path / f"run{run_index}"
+        result = subprocess.run([*command, "--log_dir", str(log_dir)], cwd=ROOT, capture_output=True, text=True,
+                                env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        summaries.append(json.loads((log_dir / "summary.json").read_text()))
+    assert [summary["programs_loaded"] for summary in summaries] == [False, True]
+    assert summaries[1]["num_devices"] == 4
+    assert comparable(summaries[1]) == comparable(summaries[0])
