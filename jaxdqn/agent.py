@@ -101,6 +101,9 @@ class DQN:
         self.network = network
         self.num_devices = num_devices
         self.axis_name = axis_name
+        # Collectives only where there is something to average: on a mesh of one device an all-reduce
+        # is no arithmetic, but it still splits the update's kernels on a GPU.
+        self.collective_axis = axis_name if num_devices > 1 else None
         self.local_envs = config.num_envs // num_devices
         self.local_batch = max(1, config.batch_size // num_devices)
         self.num_actions = env.action_space(env_params).n
@@ -227,8 +230,8 @@ class DQN:
             return self.loss_and_errors(unravel(flat_params), unravel(learner.target_params), batch)
 
         (loss, errors), grads = jax.value_and_grad(flat_loss, has_aux=True)(learner.params)
-        if self.axis_name is not None:  # one all-reduce of one vector
-            grads, loss = jax.lax.pmean((grads, loss), self.axis_name)
+        if self.collective_axis is not None:  # one all-reduce of one vector
+            grads, loss = jax.lax.pmean((grads, loss), self.collective_axis)
         param_updates, opt_state = self.make_optimizer(hparams.lr).update(grads, learner.opt_state, learner.params)
         params = learner.params + param_updates
         updates = learner.updates + 1
@@ -332,10 +335,19 @@ class DQN:
 
     def run_chunk(self, state: TrainerState, num_iterations: int) -> tuple[TrainerState, ChunkMetrics]:
         """`num_iterations` train steps in one `lax.scan` (the jit boundary); returns summed metrics."""
-        state, per_step = jax.lax.scan(lambda s, _: self.train_step(s), state, None, length=num_iterations)
-        totals = jax.tree.map(jnp.sum, per_step)
-        if self.axis_name is not None:  # episodes finish on every device; the loss is already averaged
-            episodes = jax.lax.psum((totals.return_sum, totals.length_sum, totals.num_episodes), self.axis_name)
+        def step(carry, _):  # the sums travel in the loop: no per-step metrics written out and summed after
+            state, totals = carry
+            state, metrics = self.train_step(state)
+            return (state, jax.tree.map(jnp.add, totals, metrics)), None
+
+        # Zeros made from the state's own scalars, so that under shard_map they vary over devices as it does.
+        zero_float, zero_int = jnp.zeros_like(state.episode_return[0]), jnp.zeros_like(state.iteration)
+        zero = StepMetrics(loss_sum=zero_float, num_updates=zero_int, return_sum=zero_float, length_sum=zero_int,
+                           num_episodes=zero_int)
+        (state, totals), _ = jax.lax.scan(step, (state, zero), None, length=num_iterations)
+        if self.collective_axis is not None:  # episodes finish on every device; the loss is already averaged
+            episodes = jax.lax.psum((totals.return_sum, totals.length_sum, totals.num_episodes),
+                                    self.collective_axis)
             totals = totals.replace(return_sum=episodes[0], length_sum=episodes[1], num_episodes=episodes[2])
         num_episodes = totals.num_episodes.astype(jnp.float32)
         metrics = ChunkMetrics(
