@@ -230,8 +230,8 @@ class DQN:
             return self.loss_and_errors(unravel(flat_params), unravel(learner.target_params), batch)
 
         (loss, errors), grads = jax.value_and_grad(flat_loss, has_aux=True)(learner.params)
-        if self.collective_axis is not None:  # one all-reduce of one vector
-            grads, loss = jax.lax.pmean((grads, loss), self.collective_axis)
+        if self.collective_axis is not None and self.config.sync == "grads":  # one all-reduce of one vector
+            grads = jax.lax.pmean(grads, self.collective_axis)
         param_updates, opt_state = self.make_optimizer(hparams.lr).update(grads, learner.opt_state, learner.params)
         params = learner.params + param_updates
         updates = learner.updates + 1
@@ -279,6 +279,15 @@ class DQN:
             return learner, (loss, errors)
 
         learner, (step_losses, errors) = jax.lax.scan(update, learner, batches, unroll=self.config.unroll_updates)
+        if self.collective_axis is not None and self.config.sync == "params":  # local SGD: average once per step
+            def counters_kept(leaf):  # the counters agree already; the average is cast back to per-device
+                if not jnp.issubdtype(leaf.dtype, jnp.floating):
+                    return leaf
+                return jax.lax.pcast(jax.lax.pmean(leaf, self.collective_axis), self.collective_axis, to="varying")
+
+            learner = learner.replace(params=counters_kept(learner.params),
+                                      target_params=counters_kept(learner.target_params),
+                                      opt_state=jax.tree.map(counters_kept, learner.opt_state))
         if self.config.prioritized:
             replay_buffer = replay.update_priorities(replay_buffer, rows, envs, errors, self.config.priority_alpha)
         return state.replace(buffer=replay_buffer, params=unravel(learner.params),
@@ -345,10 +354,11 @@ class DQN:
         zero = StepMetrics(loss_sum=zero_float, num_updates=zero_int, return_sum=zero_float, length_sum=zero_int,
                            num_episodes=zero_int)
         (state, totals), _ = jax.lax.scan(step, (state, zero), None, length=num_iterations)
-        if self.collective_axis is not None:  # episodes finish on every device; the loss is already averaged
+        if self.collective_axis is not None:  # episodes finish on every device, and each has its own losses
             episodes = jax.lax.psum((totals.return_sum, totals.length_sum, totals.num_episodes),
                                     self.collective_axis)
-            totals = totals.replace(return_sum=episodes[0], length_sum=episodes[1], num_episodes=episodes[2])
+            totals = totals.replace(return_sum=episodes[0], length_sum=episodes[1], num_episodes=episodes[2],
+                                    loss_sum=jax.lax.pmean(totals.loss_sum, self.collective_axis))
         num_episodes = totals.num_episodes.astype(jnp.float32)
         metrics = ChunkMetrics(
             loss=totals.loss_sum / jnp.where(totals.num_updates > 0, totals.num_updates, jnp.nan),

@@ -87,6 +87,10 @@ class TrainConfig:
     # Devices (multi-device training).
     num_devices: int | None = _field(None, "devices to shard envs and learning over (default: all)",
                                      flags=("--n_workers",), original=True)
+    sync: str = _field("grads", "how several devices share one learner: grads = average the gradients of "
+                       "every update (one learner with the global batch); params = each device updates on its "
+                       "own samples and parameters, target and Adam moments are averaged after every vector "
+                       "step (local SGD: one all-reduce per vector step instead of updates_per_step)")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -141,6 +145,8 @@ class TrainConfig:
         for name in ("priority_alpha", "priority_beta"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.sync not in ("grads", "params"):
+            raise ConfigError(f"--sync must be grads or params, got {self.sync!r}")
         if self.loss not in ("huber", "mse"):
             raise ConfigError(f"--loss must be huber or mse, got {self.loss!r}")
         if not self.hidden_sizes or any(width <= 0 for width in self.hidden_sizes):

@@ -70,6 +70,7 @@ def test_help_documents_every_flag_and_unit(capsys):
         (["--eps", "0.1", "--min_eps", "0.2"], "--min_eps (0.2) must not exceed --eps (0.1)"),
         (["--eps", "1.5"], "--eps must be in [0, 1]"),
         (["--min_eps=-0.1"], "--min_eps must be in [0, 1]"),
+        (["--sync", "sometimes"], "--sync must be grads or params"),
         (["--batch_size", "512", "--buffer_size", "256"], "--batch_size (512) must not exceed --buffer_size (256)"),
         (["--num_envs", "0"], "--num_envs must be positive"),
         (["--total_steps=-5"], "--total_steps must be positive"),

@@ -16,7 +16,7 @@ import jax, numpy as np
 from jaxdqn.config import TrainConfig
 from jaxdqn.train import build_program
 config = TrainConfig(num_envs=64, total_steps=64 * 48, buffer_size=64 * 16, batch_size=64, updates_per_step=4,
-                     learning_starts=256, chunk_steps=64 * 16, hidden_sizes=(32,)).validate()
+                     learning_starts=256, chunk_steps=64 * 16, hidden_sizes=(32,), sync=sys.argv[1]).validate()
 program = build_program(config)
 state = program.init(0, config.hparams)
 for _ in range(config.num_chunks):
@@ -28,20 +28,33 @@ print(json.dumps({
     "updates": np.asarray(state.updates).tolist(),
     "envs_differ": bool((np.asarray(state.obs)[0] != np.asarray(state.obs)[1]).any()),
     "buffer_envs": int(state.buffer.data.action.shape[2]),
+    "params_sum": float(sum(np.asarray(leaf)[0].sum() for leaf in jax.tree.leaves(state.params))),
 }))
 """
 
 
-def test_parameters_identical_on_every_device_after_training():
-    result = subprocess.run([sys.executable, "-c", PARAMS_IDENTICAL], cwd=ROOT,
+def train_on_four_devices(sync: str) -> dict:
+    result = subprocess.run([sys.executable, "-c", PARAMS_IDENTICAL, sync], cwd=ROOT,
                             env=subprocess_env(XLA_FLAGS=FOUR_DEVICES), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_parameters_identical_on_every_device_after_training():
+    report = train_on_four_devices("grads")
     assert report["devices"] == 4
     assert report["identical"]
     assert report["updates"] == [(48 - 4 + 1) * 4] * 4  # learning starts on the 4th of 48 vector steps
     assert report["envs_differ"]  # each device steps its own environments
     assert report["buffer_envs"] == 16  # each device keeps its own quarter of the buffer
+
+
+def test_local_sgd_averages_parameters_after_every_vector_step():
+    """`--sync params`: each device learns on its own samples; the averages make them agree again."""
+    local, synchronous = train_on_four_devices("params"), train_on_four_devices("grads")
+    assert local["identical"]
+    assert local["updates"] == synchronous["updates"]
+    assert abs(local["params_sum"] - synchronous["params_sum"]) > 1e-3  # a different algorithm, not a relabel
 
 
 def test_four_devices_learn_cartpole(tmp_path):
