@@ -90,8 +90,11 @@ def _load(path: Path, devices: Mapping[str, list[Any]]) -> dict[str, Any] | None
     try:
         with open(path, "rb") as file:
             saved = pickle.load(file)
-        return {name: serialize_executable.deserialize_and_load(*saved[name], execution_devices=program_devices)
-                for name, program_devices in devices.items()}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(devices)) as pool:  # loads overlap
+            futures = {name: pool.submit(serialize_executable.deserialize_and_load, *saved[name],
+                                         execution_devices=program_devices)
+                       for name, program_devices in devices.items()}
+            return {name: future.result() for name, future in futures.items()}
     except Exception:  # noqa: BLE001  (missing, truncated or from another build: compile instead)
         return None
 
