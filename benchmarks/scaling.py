@@ -33,19 +33,25 @@ def train_sps(num_devices: int, num_envs: int, batch_size: int, iterations: int,
                "--total_steps", str(iterations * num_envs), "--chunk_steps", str(32 * num_envs),
                "--eval_frequency", str(iterations * num_envs), "--quiet", "--compile_cache", str(scratch / "cache"),
                "--sync", sync, "--log_dir", str(log_dir)]
+    # stderr goes to files: a pipe left unread while waiting on another process could fill and stall it.
+    logs = [scratch / f"{log_dir.name}.{index}.err" for index in range(num_devices if processes else 1)]
     if not processes:
-        runs = [subprocess.Popen([*command, "--num_devices", str(num_devices)], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)]
+        launches = [([*command, "--num_devices", str(num_devices)], dict(os.environ))]
     else:
         address = f"127.0.0.1:{random.randrange(20_000, 30_000)}"
-        runs = [subprocess.Popen([*command, "--coordinator_address", address, "--num_processes", str(num_devices),
-                                  "--process_id", str(index)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": str(index)})
-                for index in range(num_devices)]
-    errors = [run.communicate()[1] for run in runs]
-    if any(run.returncode != 0 for run in runs):
-        failed = next(error for run, error in zip(runs, errors) if run.returncode != 0).strip()
-        return {"error": failed.splitlines()[-1] if failed else "failed"}
+        launches = [([*command, "--coordinator_address", address, "--num_processes", str(num_devices),
+                      "--process_id", str(index)], {**os.environ, "CUDA_VISIBLE_DEVICES": str(index)})
+                    for index in range(num_devices)]
+    runs = []
+    for (arguments, environment), log in zip(launches, logs):
+        with open(log, "w") as stderr:
+            runs.append(subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=stderr, env=environment))
+    for run in runs:
+        run.wait()
+    if any(run.returncode != 0 for run in runs):  # every failed process's last line: the first may only echo
+        lines = [(log.read_text().strip().splitlines() or ["failed"])[-1] for log in logs]
+        return {"error": " / ".join(f"process {index}: {line}" for index, (run, line) in enumerate(zip(runs, lines))
+                                    if run.returncode != 0)}
     summary = json.loads((log_dir / "summary.json").read_text())
     return {key: summary[key] for key in ("sps", "updates_per_s", "train_s", "compile_s", "device")}
 

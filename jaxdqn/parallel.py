@@ -100,9 +100,15 @@ def sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(AXIS))
 
 
+def first_local_device(mesh: Mesh):
+    """This process's first device of `mesh`: where `first_device_block` puts its blocks."""
+    return next(device for device in mesh.devices.flat if device.process_index == jax.process_index())
+
+
 def first_device_block(tree):
-    """The first device's blocks of a tree with a leading device axis: device arrays with that axis of one."""
-    return jax.tree.map(lambda leaf: leaf.addressable_shards[0].data, tree)
+    """This process's first device's blocks of a tree with a leading device axis (that axis of one), on that device."""
+    return jax.tree.map(lambda leaf: min(leaf.addressable_shards, key=lambda shard: shard.index[0].start or 0).data,
+                        tree)
 
 
 def first_device(tree):

@@ -103,8 +103,11 @@ class Program:
                 lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=parallel.sharded(self.mesh)),
                 jax.eval_shape(self.init, seed, hparams))
 
+        # Evaluation runs in every process, on its first device of the mesh (`parallel.first_device_block`).
+        evaluation_device = parallel.first_local_device(self.mesh)
+
         def params_block():
-            first_device = jax.sharding.SingleDeviceSharding(self.mesh.devices.flat[0])
+            first_device = jax.sharding.SingleDeviceSharding(evaluation_device)
             return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((1, *leaf.shape[1:]), leaf.dtype,
                                                                   sharding=first_device), abstract_state().params)
 
@@ -118,7 +121,7 @@ class Program:
             key = program_cache.program_key(self.config, self.dqn.env, self.dqn.env_params, self.dqn.network,
                                             list(self.mesh.devices.flat))
         mesh_devices = list(self.mesh.devices.flat)
-        devices = {"init": mesh_devices, "run_chunk": mesh_devices, "evaluate": mesh_devices[:1]}
+        devices = {"init": mesh_devices, "run_chunk": mesh_devices, "evaluate": [evaluation_device]}
         compiled, loaded = program_cache.load_or_compile(lowerers, devices, cache_dir if key else None, key)
         return compiled["init"], compiled["run_chunk"], compiled["evaluate"], loaded
 

@@ -135,3 +135,22 @@ def test_distributed_flags_given_partly_are_one_line_exit_2():
     assert result.returncode == 2
     assert result.stderr.strip() == ("jaxdqn.train: error: distributed flags given partly: also pass "
                                      "--coordinator_address, --process_id")
+
+
+def test_two_processes_through_the_command_line_evaluate_and_summarise(tmp_path):
+    """`python -m jaxdqn.train` in two processes of one CPU device each: both evaluate, process 0 writes."""
+    flags = ["--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", "2", "--env", "cartpole",
+             "--num_envs", "32", "--batch_size", "64", "--total_steps", "2048", "--buffer_size", "1024",
+             "--chunk_steps", "512", "--eval_frequency", "1024", "--eval_episodes", "8", "--hidden_sizes", "16",
+             "--learning_starts", "64", "--quiet", "--compile_cache", str(tmp_path / "cache"),
+             "--log_dir", str(tmp_path / "run")]
+    workers = [subprocess.Popen([sys.executable, "-m", "jaxdqn.train", *flags, "--process_id", str(index)], cwd=ROOT,
+                                env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for index in range(2)]
+    outputs = [worker.communicate(timeout=180) for worker in workers]
+    for worker, (_, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["num_devices"] == 2 and summary["total_steps"] == 2048
+    assert summary["eval_episodes"] == 8 and summary["eval_return_mean"] > 0
+    assert "eval return" in outputs[0][0] and "eval return" not in outputs[1][0]  # only process 0 prints
