@@ -54,7 +54,8 @@ from jaxdqn.agent import greedy_actions
 from jaxdqn.config import TrainConfig
 from jaxdqn.registry import ConfigError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the optimizer state is over the parameters raveled into one vector
+RESUMABLE_FORMATS = (2,)  # older formats still evaluate: their `params` item is unchanged
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # how Orbax names a step folder that is still being written
 # Settings that fix the shapes of the saved arrays: a resumed run may not change them.
 SHAPE_FIELDS = ("env", "num_envs", "buffer_size", "hidden_sizes", "layer_norm", "dueling", "n_step", "prioritized")
@@ -410,6 +411,11 @@ def restore_state(checkpoint: Checkpoint, template, num_devices: int):
       ConfigError: another device count, or a corrupt checkpoint.
     """
     check_devices(checkpoint, num_devices)
+    saved_format = checkpoint.meta.get("format", 0)
+    if saved_format not in RESUMABLE_FORMATS:
+        raise ConfigError(f"{checkpoint.directory}: checkpoint format {saved_format} comes from an older jaxdqn "
+                          f"whose optimizer state this version cannot resume (it resumes format {FORMAT_VERSION}); "
+                          f"python -m jaxdqn.evaluate still evaluates it")
     target = template if checkpoint.buffer_saved else template.replace(buffer=None)
     restored = _restore_item(checkpoint, "state", _abstract(target))
     restored = jax.device_put(restored, jax.tree.map(lambda leaf: leaf.sharding, target))

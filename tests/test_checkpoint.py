@@ -432,17 +432,27 @@ def damaged(reference, tmp_path_factory) -> dict[str, Path]:
     """Copies of the reference checkpoints, each damaged in one way."""
     root = tmp_path_factory.mktemp("damaged")
     folders = {}
-    for name in ("truncated_params", "deleted_manifest", "empty", "foreign"):
+    for name in ("truncated_params", "deleted_manifest", "empty", "foreign", "format_1"):
         folders[name] = root / name
     shutil.copytree(reference.checkpoints, folders["truncated_params"])
     for data in (folders["truncated_params"] / str(TOTAL_STEPS) / "params" / "d").iterdir():
         data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     shutil.copytree(reference.checkpoints, folders["deleted_manifest"])
     (folders["deleted_manifest"] / str(TOTAL_STEPS) / "state" / "manifest.ocdbt").unlink()
+    shutil.copytree(reference.checkpoints, folders["format_1"])  # as an older jaxdqn wrote its meta
+    for meta_file in folders["format_1"].glob("*/meta/metadata"):
+        meta_file.write_text(meta_file.read_text().replace('"format": 2', '"format": 1'))
     folders["empty"].mkdir()
     folders["foreign"].mkdir()
     (folders["foreign"] / "notes.txt").write_text("not a checkpoint")
     return folders
+
+
+def test_a_checkpoint_of_the_older_format_still_evaluates(reference, damaged):
+    from jaxdqn.evaluate import evaluate
+
+    older = evaluate(damaged["format_1"], step=3072, episodes=6, seed=2)
+    assert older["returns"] == evaluate(reference.checkpoints, step=3072, episodes=6, seed=2)["returns"]
 
 
 BAD_INPUTS = {
@@ -486,6 +496,10 @@ BAD_INPUTS = {
         "jaxdqn.train", lambda ref, bad, tmp: [*TINY, "--save_model", tmp / "new", "--checkpoint_frequency", 0,
                                                "--log_dir", tmp / "log"],
         "--checkpoint_frequency must be positive"),
+    "train_resume_older_format": (
+        "jaxdqn.train", lambda ref, bad, tmp: ["--load_model", bad["format_1"], "--total_steps", 8192,
+                                               "--save_model", tmp / "new", "--log_dir", tmp / "log"],
+        "checkpoint format 1 comes from an older jaxdqn"),
     "train_missing_folder": (
         "jaxdqn.train", lambda ref, bad, tmp: ["--load_model", tmp / "missing", "--log_dir", tmp / "log"],
         "no such folder"),
