@@ -8,7 +8,11 @@ transitions into an on-device replay buffer, then takes `updates_per_step` gradi
 Layers (see the README): `init` and `train_step` are plain functions without `jax.jit` (layer 1);
 `run_chunk` scans `train_step` (layer 2, the jit boundary, applied by the caller); `jaxdqn.parallel`
 runs the same functions under `shard_map` over devices, passing `axis_name` so that gradients and
-metrics are averaged over devices (brax's pattern: one code path for one device and many).
+metrics are averaged over devices (brax's pattern: one code path for one device and many). With
+`sync="params"` each device instead updates on its own samples and the learner is averaged once per
+vector step (local SGD). Gradient clipping, Adam and the target update run over the parameters raveled
+into one vector (`flat_update`): a few kernels per update whatever the number of layers, which matters
+because an update of a small Q-network costs the GPU kernel launches, not arithmetic.
 
 Rainbow-style variants (Hessel et al. 2018), each a static `TrainConfig` flag, off by default and
 combinable: Double DQN (`double`, on by default), dueling heads (`dueling`, in `jaxdqn.networks`),
