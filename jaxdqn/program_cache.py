@@ -5,10 +5,11 @@ still has to trace and lower every program before it can look it up: about 1 s o
 CartPole run on an H100, as long as the training itself. This cache stores the compiled executables
 (`jax.experimental.serialize_executable`) under a key computed before any tracing, from everything
 that shapes them: the run's config, the environment and network, the source files of jaxdqn, of
-`envs/` and of the environment's class, the library versions, the devices, the XLA flags and the JAX
-settings that change what a trace produces. A missing, stale or unreadable entry just means the
-programs are compiled again (and the entry rewritten); a wrong program is never loaded, because the
-key covers every input the programs are built from.
+`envs/` and of the packages defining the environment's and the network's classes, the library
+versions, the devices, the XLA flags and the JAX settings that change what a trace produces. A
+missing, stale or unreadable entry just means the programs are compiled again (and the entry
+rewritten). Code that the environment imports from other packages is not part of the key: after
+editing such code, delete the `programs/` folder of the compile cache (or run with `--no_compile_cache`).
 
 It is used for single-process runs only; with `jax.distributed` every process compiles.
 """
@@ -40,17 +41,29 @@ _LIBRARIES = ("jax", "jaxlib", "flax", "optax", "chex", "gymnax", "numpy")
 HOST_ONLY_FIELDS = ("seed", "log_dir", "until_solved", "eval_frequency")
 
 
-def _source_files(objects: list[Any]) -> list[Path]:
-    """The `.py` files of jaxdqn, of the `envs` package and of the modules defining `objects`."""
-    import jaxdqn
+def _package_files(module_name: str) -> set[Path]:
+    """Every `.py` file of the top-level package holding `module_name` (or that module's own file)."""
+    top = sys.modules.get(module_name.partition(".")[0])
+    location = getattr(top, "__file__", None)
+    if location is None:
+        return set()
+    if Path(location).name == "__init__.py":  # a package: its whole tree, helpers included
+        return set(Path(location).parent.rglob("*.py"))
+    return {Path(location)}
 
-    files = set(Path(jaxdqn.__file__).parent.glob("*.py"))
-    envs = sys.modules.get("envs")
-    if envs is not None and getattr(envs, "__file__", None):
-        files.update(Path(envs.__file__).parent.glob("*.py"))
+
+def _source_files(objects: list[Any]) -> list[Path]:
+    """The `.py` files of jaxdqn, of the `envs` package, and of the packages defining `objects` (env, network).
+
+    A whole package rather than one module, so that editing a helper module of a ported simulator
+    also changes the key. Code outside those packages is not covered (see the README).
+    """
+    files = _package_files("jaxdqn") | _package_files("envs")
     for obj in objects:
+        cls = obj if inspect.isclass(obj) else type(obj)
+        files |= _package_files(cls.__module__)
         try:
-            files.add(Path(inspect.getsourcefile(type(obj) if not inspect.isclass(obj) else obj)))
+            files.add(Path(inspect.getsourcefile(cls)))
         except (TypeError, OSError):  # built in, or defined interactively: its repr is in the key
             pass
     return sorted(files)
@@ -82,7 +95,7 @@ def program_key(config, env, env_params, network, devices: list[Any]) -> str:
     for part in parts:
         digest.update(part.encode() + b"\0")
     for path in _source_files([env, network]):
-        digest.update(str(path.name).encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:32]
 
 

@@ -94,3 +94,28 @@ def test_programs_loaded_on_four_devices_keep_their_devices(tmp_path):
     assert [summary["programs_loaded"] for summary in summaries] == [False, True]
     assert summaries[1]["num_devices"] == 4
     assert comparable(summaries[1]) == comparable(summaries[0])
+
+
+def test_editing_a_helper_module_of_a_ported_env_changes_the_key(small_config, tmp_path, monkeypatch):
+    """A port's whole package is in the key, not only the module defining the env class."""
+    package = tmp_path / "portpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "physics.py").write_text("GRAVITY = 9.8\n")
+    (package / "env.py").write_text(
+        "from gymnax.environments.classic_control.cartpole import CartPole\n"
+        "from portpkg import physics\n\n\n"
+        "class PortedCartPole(CartPole):\n"
+        "    gravity = physics.GRAVITY\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = small_config(env="portpkg.env:PortedCartPole")
+
+    def key():
+        program = build_program(config)
+        return program_cache.program_key(config, program.dqn.env, program.dqn.env_params, program.dqn.network,
+                                         list(program.mesh.devices.flat))
+
+    before = key()
+    assert key() == before
+    (package / "physics.py").write_text("GRAVITY = 3.7\n")
+    assert key() != before
