@@ -66,6 +66,19 @@ class FlatLearner(struct.PyTreeNode):
     updates: jnp.ndarray
 
 
+def flat_learner(state: TrainerState) -> tuple[FlatLearner, Any]:
+    """The learner's fields of `state`, parameters raveled, and the function rebuilding the parameter tree."""
+    flat, unravel = jax.flatten_util.ravel_pytree(state.params)
+    return FlatLearner(flat, jax.flatten_util.ravel_pytree(state.target_params)[0], state.opt_state,
+                       state.updates), unravel
+
+
+def with_learner(state: TrainerState, learner: FlatLearner, unravel) -> TrainerState:
+    """`state` with the learner's fields of `learner` (`flat_learner`'s inverse)."""
+    return state.replace(params=unravel(learner.params), target_params=unravel(learner.target_params),
+                         opt_state=learner.opt_state, updates=learner.updates)
+
+
 class StepMetrics(struct.PyTreeNode):
     """What one `train_step` reports; `run_chunk` sums these over the chunk and the devices."""
 
@@ -215,12 +228,9 @@ class DQN:
         Returns the new state, the loss and, with prioritized replay, the batch's TD errors before the
         update (else None).
         """
-        flat, unravel = jax.flatten_util.ravel_pytree(state.params)
-        learner = FlatLearner(flat, jax.flatten_util.ravel_pytree(state.target_params)[0], state.opt_state,
-                              state.updates)
+        learner, unravel = flat_learner(state)
         learner, loss, errors = self.flat_update(learner, batch, unravel, state.hparams)
-        return state.replace(params=unravel(learner.params), target_params=unravel(learner.target_params),
-                             opt_state=learner.opt_state, updates=learner.updates), loss, errors
+        return with_learner(state, learner, unravel), loss, errors
 
     def flat_update(self, learner: "FlatLearner", batch: replay.Batch, unravel, hparams: HParams,
                     active: jnp.ndarray | bool = True) -> tuple["FlatLearner", jnp.ndarray, jnp.ndarray]:
@@ -274,9 +284,7 @@ class DQN:
 
         # Only what the updates change travels through the loop, and the parameters as one vector each
         # (`flat_update`): carrying the whole state would copy its unchanged fields on every update.
-        flat, unravel = jax.flatten_util.ravel_pytree(state.params)
-        learner = FlatLearner(flat, jax.flatten_util.ravel_pytree(state.target_params)[0], state.opt_state,
-                              state.updates)
+        learner, unravel = flat_learner(state)
 
         def update(learner: FlatLearner, batch: replay.Batch):
             learner, loss, errors = self.flat_update(learner, batch, unravel, state.hparams, active)
@@ -294,9 +302,7 @@ class DQN:
                                       opt_state=jax.tree.map(counters_kept, learner.opt_state))
         if self.config.prioritized:
             replay_buffer = replay.update_priorities(replay_buffer, rows, envs, errors, self.config.priority_alpha)
-        return state.replace(buffer=replay_buffer, params=unravel(learner.params),
-                             target_params=unravel(learner.target_params), opt_state=learner.opt_state,
-                             updates=learner.updates), jnp.sum(step_losses)
+        return with_learner(state.replace(buffer=replay_buffer), learner, unravel), jnp.sum(step_losses)
 
     # One iteration ---------------------------------------------------------------------------
     def train_step(self, state: TrainerState) -> tuple[TrainerState, StepMetrics]:

@@ -56,7 +56,7 @@ def _source_files(objects: list[Any]) -> list[Path]:
     """The `.py` files of jaxdqn, of the `envs` package, and of the packages defining `objects` (env, network).
 
     A whole package rather than one module, so that editing a helper module of a ported simulator
-    also changes the key. Code outside those packages is not covered (see the README).
+    also changes the key. Code outside those packages is not covered (see the module docstring).
     """
     files = _package_files("jaxdqn") | _package_files("envs")
     for obj in objects:

@@ -116,13 +116,13 @@ class Program:
             "run_chunk": lambda: self.run_chunk.lower(abstract_state()),
             "evaluate": lambda: self.evaluate.lower(params_block(), np.int32(0), np.int32(0)),
         }
+        mesh_devices = list(self.mesh.devices.flat)
         key = None
         if cache_dir is not None and jax.process_count() == 1:
             key = program_cache.program_key(self.config, self.dqn.env, self.dqn.env_params, self.dqn.network,
-                                            list(self.mesh.devices.flat))
-        mesh_devices = list(self.mesh.devices.flat)
+                                            mesh_devices)
         devices = {"init": mesh_devices, "run_chunk": mesh_devices, "evaluate": [evaluation_device]}
-        compiled, loaded = program_cache.load_or_compile(lowerers, devices, cache_dir if key else None, key)
+        compiled, loaded = program_cache.load_or_compile(lowerers, devices, cache_dir, key)
         return compiled["init"], compiled["run_chunk"], compiled["evaluate"], loaded
 
 
