@@ -1,12 +1,18 @@
-"""Multi-device scaling of training throughput: weak (fixed envs per device) and strong (fixed total).
+"""Multi-device scaling: training throughput (weak and strong) and time to solve CartPole on 1..N devices.
 
-Each point is a fresh `python -m jaxdqn.train` run on the first N devices (`--num_devices N`),
-training for a fixed number of env steps with the defaults; the figure is its training env steps/s
-(compile excluded). Weak scaling keeps envs and batch per device fixed (global num_envs and
-batch_size grow with N); strong scaling splits a fixed global num_envs and batch. Each point is run
-for every `--sync` mode (gradients averaged every update, or parameters once per vector step) and,
-with `--processes`, also as N processes of one GPU each (`jax.distributed` on localhost,
-`CUDA_VISIBLE_DEVICES` per process) besides one process driving N GPUs.
+Throughput: each point is a fresh `python -m jaxdqn.train` run on the first N devices
+(`--num_devices N`) with the defaults, and its figure is the steady training env steps/s: env steps
+over wall time from the end of the first chunk to the end of the last (from metrics.csv). The first
+chunk is reported apart (`first_chunk_s`): it carries one-time costs of a fresh process, such as
+creating the NCCL communicators of a multi-device program, which in a short run would swamp the
+steady rate. Weak scaling keeps envs and batch per device fixed (global num_envs and batch_size grow
+with N); strong scaling splits a fixed global num_envs and batch. Each point is run for every
+`--sync` mode and, with `--processes`, also as N processes of one GPU each (`jax.distributed` on
+localhost, `CUDA_VISIBLE_DEVICES` per process) besides one process driving N GPUs.
+
+Time to solve: `python -m jaxdqn.train --env cartpole --until_solved` with every default (4096 envs in
+all, split over the devices), as the README's command runs on a machine with N GPUs; cold (empty
+compilation cache) and cached, as in `benchmarks.time_to_solve`.
 
     python -m benchmarks.scaling --devices 1 2 4 --sync grads params --processes --out benchmarks/results/scaling_h100
 """
@@ -14,6 +20,7 @@ with `--processes`, also as N processes of one GPU each (`jax.distributed` on lo
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import random
@@ -22,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks import time_to_solve as tts
 
 
 def train_sps(num_devices: int, num_envs: int, batch_size: int, iterations: int, scratch: Path, sync: str,
@@ -53,7 +62,103 @@ def train_sps(num_devices: int, num_envs: int, batch_size: int, iterations: int,
         return {"error": " / ".join(f"process {index}: {line}" for index, (run, line) in enumerate(zip(runs, lines))
                                     if run.returncode != 0)}
     summary = json.loads((log_dir / "summary.json").read_text())
-    return {key: summary[key] for key in ("sps", "updates_per_s", "train_s", "compile_s", "device")}
+    return {**steady_rates(log_dir / "metrics.csv"), "sps_whole_run": summary["sps"],
+            **{key: summary[key] for key in ("train_s", "compile_s", "device")}}
+
+
+def steady_rates(metrics_csv: Path) -> dict:
+    """Env steps/s and updates/s from the end of the first chunk to the end of the last, and the first chunk's time."""
+    with open(metrics_csv) as file:
+        rows = [{key: float(value) for key, value in row.items() if key in ("env_steps", "updates", "wall_s", "sps")}
+                for row in csv.DictReader(file)]
+    if len(rows) < 2:
+        raise SystemExit(f"{metrics_csv}: at least 2 chunks are needed to time the steady rate (raise --iterations)")
+    first, last = rows[0], rows[-1]
+    seconds = last["wall_s"] - first["wall_s"]
+    return {"sps": (last["env_steps"] - first["env_steps"]) / seconds,
+            "updates_per_s": (last["updates"] - first["updates"]) / seconds,
+            # a row's sps counts from the start of training, so its env steps over its sps is the time since then
+            "first_chunk_s": first["env_steps"] / first["sps"],
+            "chunk_s": seconds / (len(rows) - 1)}
+
+
+def time_to_solve(num_devices: int, scratch: Path) -> list[dict]:
+    """The README's CartPole command on `num_devices` devices, cold and then with the compile cache."""
+    cache = scratch / f"tts-cache-{num_devices}"
+    rows = []
+    for run in ("cold", "cached"):
+        try:
+            summary = tts.run_once("cartpole", 4096, cache, scratch / f"tts-{num_devices}-{run}",
+                                   ["--num_devices", str(num_devices)])
+        except SystemExit as failure:  # reported in the table; the other points still run
+            rows.append({"devices": num_devices, "run": run, "error": str(failure)})
+            continue
+        rows.append({"devices": num_devices, "run": run,
+                     **{key: summary[key] for key in ("seconds_to_solve", "steps_to_solve", "wall_s", "startup_s",
+                                                      "compile_s", "train_s", "device")}})
+    return rows
+
+
+def efficiency_table(rows: list[dict], devices: list[int]) -> list[str]:
+    """Markdown rows; efficiency is env steps/s against the fewest devices' rate times the device ratio."""
+    base = {(row["mode"], row["num_envs"] // row["devices"] if row["mode"] == "weak" else row["num_envs"]): row
+            for row in rows if row["devices"] == min(devices) and "sps" in row}
+    lines = ["| mode | devices | processes | --sync | num_envs (global) | env steps/s | updates/s | efficiency "
+             "| first chunk (s) | steady chunk (s) |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        sync = row["sync"] if row["devices"] > 1 else "-"
+        head = f"| {row['mode']} | {row['devices']} | {row['processes']} | {sync} | {row['num_envs']:,}"
+        if "sps" not in row:
+            lines.append(f"{head} | {row['error']} | | | | |")
+            continue
+        row["efficiency"] = row["sps"] / (base[(row["mode"], row["num_envs"] // row["devices"] if row["mode"] == "weak"
+                                                else row["num_envs"])]["sps"] * row["devices"] / min(devices))
+        lines.append(f"{head} | {row['sps']:.3g} | {row['updates_per_s']:.3g} | {row['efficiency']:.0%} "
+                     f"| {row['first_chunk_s']:.2f} | {row['chunk_s']:.3f} |")
+    return lines
+
+
+def _seconds(value: float | None) -> str:
+    return "not solved" if value is None else f"{value:.2f}"
+
+
+def plot(rows: list[dict], solves: list[dict], path: Path) -> None:
+    """Weak-scaling efficiency per layout (left) and CartPole time to solve (right) against devices."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    lines = {}
+    for row in rows:
+        if row["mode"] == "weak" and "efficiency" in row:
+            label = f"{row['num_envs'] // row['devices']:,} envs/device, --sync {row['sync']}" + (
+                f", {row['processes']} processes" if row["processes"] > 1 else "")
+            for other in rows:  # the one-device point belongs to every line of its size
+                if other["mode"] == "weak" and other["devices"] == 1 and "efficiency" in other and \
+                        other["num_envs"] == row["num_envs"] // row["devices"]:
+                    lines.setdefault(label, {1: 1.0})
+            lines.setdefault(label, {})[row["devices"]] = row["efficiency"]
+    for label, points in lines.items():
+        if len(points) > 1:
+            left.plot(sorted(points), [100 * points[n] for n in sorted(points)], marker="o", label=label)
+    left.axhline(90, color="grey", linestyle="--", linewidth=1, label="90% target")
+    left.set(xlabel="devices", ylabel="weak-scaling efficiency (%)", ylim=(0, 110), title="training env steps/s")
+    left.legend(fontsize=7)
+    for run in ("cold", "cached"):
+        points = [(row["devices"], row["seconds_to_solve"]) for row in solves
+                  if row["run"] == run and row.get("seconds_to_solve") is not None]
+        if points:
+            right.plot(*zip(*points), marker="o", label=run)
+    right.set(xlabel="devices", ylabel="seconds from process start", ylim=(0, None),
+              title="time to solve CartPole (defaults, 4096 envs in all)")
+    right.legend()
+    for axis in (left, right):
+        axis.set_xticks(sorted({row["devices"] for row in rows}))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -61,15 +166,17 @@ def main() -> None:
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--weak_envs", type=int, nargs="+", default=[4096, 65536], help="envs per device")
     parser.add_argument("--strong_envs", type=int, default=16384, help="global envs for strong scaling")
-    parser.add_argument("--iterations", type=int, default=96, help="vector steps per run")
+    parser.add_argument("--iterations", type=int, default=192,
+                        help="vector steps per run, in chunks of 32 (the first chunk is timed apart)")
     parser.add_argument("--sync", nargs="+", default=["grads"], choices=["grads", "params"],
                         help="jaxdqn.train --sync modes to measure")
     parser.add_argument("--processes", action="store_true",
                         help="also run each multi-device point as one process per GPU (CUDA GPUs only)")
+    parser.add_argument("--no_solve", action="store_true", help="skip the time-to-solve runs")
     parser.add_argument("--out", required=True, help="output path without extension")
     args = parser.parse_args()
     layouts = [False, True] if args.processes else [False]
-    rows = []
+    rows, solves = [], []
     with tempfile.TemporaryDirectory() as scratch:
         points = [("weak", per_device * n, 256 * n, n) for per_device in args.weak_envs for n in args.devices]
         points += [("strong", args.strong_envs, 256, n) for n in args.devices]
@@ -82,27 +189,27 @@ def main() -> None:
                                  "processes": n if processes else 1,
                                  **train_sps(n, num_envs, batch_size, args.iterations, Path(scratch), sync, processes)})
                     print(json.dumps(rows[-1]), flush=True)
-    base = {(row["mode"], row["num_envs"] // row["devices"] if row["mode"] == "weak" else row["num_envs"]): row
-            for row in rows if row["devices"] == min(args.devices) and "sps" in row}
-    lines = ["| mode | devices | processes | --sync | num_envs (global) | env steps/s | updates/s | efficiency |",
-             "|---|---:|---:|---|---:|---:|---:|---:|"]
-    for row in rows:
-        sync = row["sync"] if row["devices"] > 1 else "-"
-        head = f"| {row['mode']} | {row['devices']} | {row['processes']} | {sync} | {row['num_envs']:,}"
-        if "sps" not in row:
-            lines.append(f"{head} | {row['error']} | | |")
-            continue
-        key = (row["mode"], row["num_envs"] // row["devices"] if row["mode"] == "weak" else row["num_envs"])
-        reference = base[key]
-        ideal = reference["sps"] * row["devices"] / min(args.devices)
-        lines.append(f"{head} | {row['sps']:.3g} | {row['updates_per_s']:.3g} | {row['sps'] / ideal:.0%} |")
+        if not args.no_solve:
+            for n in args.devices:
+                solves += time_to_solve(n, Path(scratch))
+                print(json.dumps(solves[-2:]), flush=True)
     device = next((row["device"] for row in rows if "device" in row), "unknown")
-    text = (f"Training throughput scaling on {device} (defaults, {args.iterations} vector "
-            f"steps per run)\n\n") + "\n".join(lines) + "\n"
+    text = (f"Training throughput scaling on {device} (defaults, {args.iterations} vector steps per run; env "
+            f"steps/s and updates/s after the first chunk)\n\n" + "\n".join(efficiency_table(rows, args.devices)) + "\n")
+    if solves:
+        text += ("\nTime to solve CartPole, `python -m jaxdqn.train --env cartpole --until_solved --num_devices N` "
+                 "(defaults: 4096 envs in all)\n\n| devices | run | seconds to solve | env steps | start-up (s) "
+                 "| compile (s) |\n|---:|---|---:|---:|---:|---:|\n")
+        text += "".join(f"| {row['devices']} | {row['run']} | {row['error']} | | | |\n" if "error" in row else
+                        f"| {row['devices']} | {row['run']} | {_seconds(row['seconds_to_solve'])} "
+                        f"| {row['steps_to_solve'] or '-'} | {row['startup_s']:.2f} | {row['compile_s']:.2f} |\n"
+                        for row in solves)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"device": device, "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"device": device, "date": time.strftime("%Y-%m-%d"),
+                                                    "rows": rows, "time_to_solve": solves}, indent=1))
     out.with_suffix(".md").write_text(text)
+    plot(rows, solves, out.with_suffix(".png"))
     print(text)
 
 

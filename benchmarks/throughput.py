@@ -268,9 +268,10 @@ def trainer(config):
 def measure_size(env_name: str, num_envs: int, args, skip: set[str]) -> dict[str, dict]:
     """Times every phase at one size; phases in `skip` (OOM at a smaller size) are not tried."""
     results: dict[str, dict] = {}
-    default = make_config(env_name, num_envs, args.iterations, args.min_buffer_rows)
+    trainer_flags = {"fused_acting": False} if args.no_fused_acting else {}
+    default = make_config(env_name, num_envs, args.iterations, args.min_buffer_rows, **trainer_flags)
     one_update = make_config(env_name, num_envs, args.iterations, args.min_buffer_rows, updates_per_step=1,
-                             batch_size=128)
+                             batch_size=128, **trainer_flags)
     setup = make_setup(default)
     acting_state = None
 
@@ -547,6 +548,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fusion_check", action="store_true",
                         help="also time acting + learner fused in one plain scan, without the trainer's bookkeeping "
                              "(phase act_learn): locates a gap between the trainer and the sum of its phases")
+    parser.add_argument("--no_fused_acting", action="store_true",
+                        help="measure the trainer with jaxdqn.train's --no-fused_acting (XLA's kernels for acting)")
     parser.add_argument("--plot_only", action="store_true", help="re-render PREFIX.md and PREFIX.png from PREFIX.json")
     return parser
 
@@ -582,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sizes or parse_range(DEFAULT_RANGE[backend])
     args.iterations = args.iterations or (100 if backend == "gpu" else 16)
     args.min_seconds = args.min_seconds if args.min_seconds is not None else (0.6 if backend == "gpu" else 1.5)
-    default = make_config(env_name, sizes[0], args.iterations, args.min_buffer_rows)
+    default = make_config(env_name, sizes[0], args.iterations, args.min_buffer_rows,
+                          **({"fused_acting": False} if args.no_fused_acting else {}))
     default_num_envs = build_config({}, get_spec(env_name)).num_envs  # what `jaxdqn.train` runs by default
     report: dict[str, Any] = {
         "machine": machine_info(args.machine),

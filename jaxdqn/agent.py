@@ -36,6 +36,7 @@ import optax
 from flax import struct
 
 from jaxdqn import buffer as replay
+from jaxdqn import fused_acting
 from jaxdqn import losses
 from jaxdqn.config import HParams, TrainConfig
 
@@ -124,6 +125,10 @@ class DQN:
         self.local_envs = config.num_envs // num_devices
         self.local_batch = max(1, config.batch_size // num_devices)
         self.num_actions = env.action_space(env_params).n
+        # How acting computes greedy actions: "kernel" (jaxdqn.fused_acting), "interpret" (that kernel
+        # run by the Pallas interpreter on any backend; for tests) or None (the network's own apply).
+        self.acting_kernel = ("kernel" if config.fused_acting and fused_acting.supports(network)
+                              and jax.default_backend() == "gpu" else None)
         self.learning_starts_iteration = -(-config.learning_starts // config.num_envs)
         # Learning waits for the buffer to hold `learning_starts` transitions (or to be full), which
         # also pauses it while a run resumed without its buffer refills it.
@@ -187,7 +192,10 @@ class DQN:
     def select_actions(self, params, obs: jnp.ndarray, key: jax.Array, epsilon: jnp.ndarray) -> jnp.ndarray:
         """Epsilon-greedy actions `[batch]` for observations `[batch, *obs_shape]`."""
         explore_key, action_key = jax.random.split(key)
-        greedy = greedy_actions(self.network, params, obs)
+        if self.acting_kernel is None:
+            greedy = greedy_actions(self.network, params, obs)
+        else:
+            greedy = fused_acting.greedy_actions(self.network, params, obs, interpret=self.acting_kernel == "interpret")
         random_actions = jax.random.randint(action_key, greedy.shape, 0, self.num_actions, jnp.int32)
         explore = jax.random.uniform(explore_key, greedy.shape) < epsilon
         return jnp.where(explore, random_actions, greedy)

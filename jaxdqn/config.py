@@ -73,6 +73,8 @@ class TrainConfig:
     layer_norm: bool = _field(True, "LayerNorm after each hidden layer of the Q-network")
     dueling: bool = _field(False, "dueling Q-network: separate value and advantage streams, "
                            "Q = V + A - mean(A) (Wang et al. 2016)")
+    fused_acting: bool = _field(True, "on GPUs, run the acting forward pass of the default MLP Q-network as "
+                                "one fused kernel (jaxdqn.fused_acting); --no-fused_acting: XLA's kernels")
     # Host loop, evaluation, output.
     chunk_steps: int = _field(131_072, "env steps per jitted chunk: one metrics row and progress update "
                               "each (rounded to whole vector steps)")

@@ -14,16 +14,20 @@ PARAMS_IDENTICAL = """
 import json, sys
 import jax, numpy as np
 from jaxdqn.config import TrainConfig
+from jaxdqn.parallel import Communicators
 from jaxdqn.train import build_program
 config = TrainConfig(num_envs=64, total_steps=64 * 48, buffer_size=64 * 16, batch_size=64, updates_per_step=4,
                      learning_starts=256, chunk_steps=64 * 16, hidden_sizes=(32,), sync=sys.argv[1]).validate()
 program = build_program(config)
+communicators = Communicators(program.mesh)
+communicators.wait()
 state = program.init(0, config.hparams)
 for _ in range(config.num_chunks):
     state, metrics = program.run_chunk(state)
 leaves = [np.asarray(leaf) for leaf in jax.tree.leaves((state.params, state.target_params, state.opt_state))]
 print(json.dumps({
     "devices": program.num_devices,
+    "communicators_ready": communicators.ready,
     "identical": all(bool((leaf == leaf[0]).all()) for leaf in leaves),
     "updates": np.asarray(state.updates).tolist(),
     "envs_differ": bool((np.asarray(state.obs)[0] != np.asarray(state.obs)[1]).any()),
@@ -43,6 +47,7 @@ def train_on_four_devices(sync: str) -> dict:
 def test_parameters_identical_on_every_device_after_training():
     report = train_on_four_devices("grads")
     assert report["devices"] == 4
+    assert report["communicators_ready"]  # the background all-reduce over the 4 devices summed to 4
     assert report["identical"]
     assert report["updates"] == [(48 - 4 + 1) * 4] * 4  # learning starts on the 4th of 48 vector steps
     assert report["envs_differ"]  # each device steps its own environments
@@ -84,10 +89,13 @@ distributed.initialize_from_argv("worker", sys.argv[1:])
 import jax, numpy as np
 from jaxdqn import parallel
 from jaxdqn.config import TrainConfig
+from jaxdqn.parallel import Communicators
 from jaxdqn.train import build_program
 config = TrainConfig(num_envs=64, total_steps=64 * 32, buffer_size=64 * 16, batch_size=64, updates_per_step=2,
                      learning_starts=256, chunk_steps=64 * 16, hidden_sizes=(16,)).validate()
 program = build_program(config)
+communicators = Communicators(program.mesh)
+communicators.wait()
 state = program.init(0, config.hparams)
 for _ in range(config.num_chunks):
     state, _ = program.run_chunk(state)
