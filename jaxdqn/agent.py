@@ -26,6 +26,7 @@ its start, and writes the new priorities (each sampled slot's latest |TD error|)
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -127,7 +128,8 @@ class DQN:
         self.num_actions = env.action_space(env_params).n
         # How acting computes greedy actions: "kernel" (jaxdqn.fused_acting), "interpret" (that kernel
         # run by the Pallas interpreter on any backend; for tests) or None (the network's own apply).
-        self.acting_kernel = ("kernel" if config.fused_acting and fused_acting.supports(network)
+        obs_size = math.prod(env.observation_space(env_params).shape)
+        self.acting_kernel = ("kernel" if config.fused_acting and fused_acting.supports(network, obs_size)
                               and jax.default_backend() == "gpu" else None)
         self.learning_starts_iteration = -(-config.learning_starts // config.num_envs)
         # Learning waits for the buffer to hold `learning_starts` transitions (or to be full), which

@@ -3,8 +3,8 @@
 Every vector step runs the Q-network on all envs' observations (the epsilon-greedy behaviour policy of
 Mnih et al. 2013) and needs only the greedy action out of it. With XLA's kernels each hidden layer
 writes its `[num_envs, width]` activations to GPU memory and reads them back, twice per LayerNorm
-layer (matrix product, then normalisation and ReLU, then the next product): about 200 MB a vector
-step at 65,536 envs and the default widths, so acting is bound by memory traffic; at 4,096 envs it
+layer (matrix product, then normalisation and ReLU, then the next product): about 300 MB a vector
+step at 65,536 envs and the default widths, by count, so acting is bound by memory traffic; at 4,096 envs it
 is bound by its half-dozen kernel launches instead. Here one kernel takes a block of rows through
 every layer in registers and writes one int32 action per row: the observations are the only large
 read.
@@ -12,7 +12,7 @@ read.
 It computes what `MLPQNetwork.apply` computes (flax's LayerNorm: fast variance clipped at zero,
 epsilon 1e-6) with the same default matrix-product precision, and takes the first maximum like
 `jnp.argmax`; actions can differ only where two Q-values tie to within rounding. Any other network
-(dueling heads, convolutions, registered factories, layers wider than `MAX_WIDTH`) keeps XLA's path
+(dueling heads, convolutions, other classes, weights too large for shared memory) keeps XLA's path
 (`supports`). Widths and the observation size are zero-padded to powers of two of at least 16 (the
 matrix-product tile of Triton); padded actions get a bias of -1e30 so that they never win.
 """
@@ -28,7 +28,11 @@ from jax.experimental.pallas import triton
 from jaxdqn.networks import MLPQNetwork
 
 MIN_BLOCKS = 128  # about one kernel instance per streaming multiprocessor of an H100 (132)
-MAX_WIDTH = 128  # the layers' weights pass through shared memory: 256 x 256 floats would not fit an H100's
+# Limits of what was measured on an H100; larger networks keep XLA's kernels. Every layer's weights
+# pass through shared memory (227 KiB a block there: a 256 x 256 float matrix asked for 257 KiB and
+# failed), and a 256-wide layer fitted but spilled its activations out of registers (11 ms a call).
+MAX_WIDTH = 128  # padded observation size, layer widths and actions
+MAX_WEIGHTS = 3 * 128 * 128  # floats of all padded weight matrices together
 LAYER_NORM_EPSILON = 1e-6  # flax.linen.LayerNorm's default, which MLPQNetwork uses
 NEVER = -1e30  # the bias of padded actions
 
@@ -49,11 +53,16 @@ def _padded(size: int) -> int:
     return max(16, int(pl.next_power_of_2(size)))
 
 
-def supports(network) -> bool:
-    """Whether `greedy_actions` computes this network's greedy actions (else use `network.apply`)."""
-    return (type(network) is MLPQNetwork and not network.dueling and len(network.hidden_sizes) > 0
-            and max(_padded(width) for width in network.hidden_sizes) <= MAX_WIDTH
-            and _padded(network.num_actions) <= MAX_WIDTH)
+def supports(network, obs_size: int) -> bool:
+    """Whether `greedy_actions` computes this network's greedy actions (else use `network.apply`).
+
+    `obs_size`: the number of values in one observation.
+    """
+    if type(network) is not MLPQNetwork or network.dueling or not network.hidden_sizes:
+        return False
+    sizes = [_padded(obs_size), *map(_padded, network.hidden_sizes), _padded(network.num_actions)]
+    matrices = [rows * columns for rows, columns in zip(sizes, sizes[1:])]
+    return max(sizes) <= MAX_WIDTH and sum(matrices) <= MAX_WEIGHTS
 
 
 def _pad_to(array: jnp.ndarray, shape: tuple[int, ...], value: float = 0.0) -> jnp.ndarray:

@@ -39,11 +39,19 @@ def test_kernel_takes_the_greedy_action_of_the_flax_network(hidden_sizes, layer_
     assert len(np.unique(np.asarray(actions))) > 1  # not a constant that happens to match
 
 
-def test_only_plain_mlps_within_the_width_limit_take_the_kernel():
-    assert fused_acting.supports(MLPQNetwork(num_actions=2))
-    assert not fused_acting.supports(MLPQNetwork(num_actions=2, dueling=True))
-    assert not fused_acting.supports(MLPQNetwork(num_actions=2, hidden_sizes=(256,)))
-    assert not fused_acting.supports(MinAtarQNetwork(num_actions=3))
+def test_block_shape_leaves_enough_blocks_to_fill_the_gpu():
+    assert fused_acting.block_shape(4096) == (64, 4)
+    assert fused_acting.block_shape(16384) == (128, 4)
+    assert fused_acting.block_shape(65536) == (256, 8)
+
+
+def test_only_plain_mlps_within_the_size_limits_take_the_kernel():
+    assert fused_acting.supports(MLPQNetwork(num_actions=2), obs_size=4)  # CartPole
+    assert fused_acting.supports(MLPQNetwork(num_actions=4, hidden_sizes=(128, 128, 128)), obs_size=16)
+    assert not fused_acting.supports(MLPQNetwork(num_actions=2, dueling=True), obs_size=4)
+    assert not fused_acting.supports(MLPQNetwork(num_actions=2, hidden_sizes=(256,)), obs_size=4)
+    assert not fused_acting.supports(MLPQNetwork(num_actions=6), obs_size=500)  # Taxi's one-hot states
+    assert not fused_acting.supports(MinAtarQNetwork(num_actions=3), obs_size=400)
 
 
 def test_training_steps_act_the_same_with_the_kernel(small_config):
