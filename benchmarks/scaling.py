@@ -101,8 +101,10 @@ def time_to_solve(num_devices: int, scratch: Path) -> list[dict]:
 
 def efficiency_table(rows: list[dict], devices: list[int]) -> list[str]:
     """Markdown rows; efficiency is env steps/s against the fewest devices' rate times the device ratio."""
-    base = {(row["mode"], row["num_envs"] // row["devices"] if row["mode"] == "weak" else row["num_envs"]): row
-            for row in rows if row["devices"] == min(devices) and "sps" in row}
+    def reference(row: dict) -> tuple[str, int]:  # weak: envs per device; strong: envs in all
+        return row["mode"], row["num_envs"] // row["devices"] if row["mode"] == "weak" else row["num_envs"]
+
+    base = {reference(row): row for row in rows if row["devices"] == min(devices) and "sps" in row}
     lines = ["| mode | devices | processes | --sync | num_envs (global) | env steps/s | updates/s | efficiency "
              "| first chunk (s) | steady chunk (s) |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
@@ -112,8 +114,7 @@ def efficiency_table(rows: list[dict], devices: list[int]) -> list[str]:
         if "sps" not in row:
             lines.append(f"{head} | {row['error']} | | | | |")
             continue
-        row["efficiency"] = row["sps"] / (base[(row["mode"], row["num_envs"] // row["devices"] if row["mode"] == "weak"
-                                                else row["num_envs"])]["sps"] * row["devices"] / min(devices))
+        row["efficiency"] = row["sps"] / (base[reference(row)]["sps"] * row["devices"] / min(devices))
         lines.append(f"{head} | {row['sps']:.3g} | {row['updates_per_s']:.3g} | {row['efficiency']:.0%} "
                      f"| {row['first_chunk_s']:.2f} | {row['chunk_s']:.3f} |")
     return lines
@@ -131,16 +132,16 @@ def plot(rows: list[dict], solves: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    weak = [row for row in rows if row["mode"] == "weak" and "efficiency" in row]
+    one_device_sizes = {row["num_envs"] for row in weak if row["devices"] == 1}
     lines = {}
-    for row in rows:
-        if row["mode"] == "weak" and "efficiency" in row:
-            label = f"{row['num_envs'] // row['devices']:,} envs/device, --sync {row['sync']}" + (
-                f", {row['processes']} processes" if row["processes"] > 1 else "")
-            for other in rows:  # the one-device point belongs to every line of its size
-                if other["mode"] == "weak" and other["devices"] == 1 and "efficiency" in other and \
-                        other["num_envs"] == row["num_envs"] // row["devices"]:
-                    lines.setdefault(label, {1: 1.0})
-            lines.setdefault(label, {})[row["devices"]] = row["efficiency"]
+    for row in weak:
+        per_device = row["num_envs"] // row["devices"]
+        label = f"{per_device:,} envs/device, --sync {row['sync']}" + (
+            f", {row['processes']} processes" if row["processes"] > 1 else "")
+        # the one-device point (efficiency 1) belongs to every line of its size
+        points = lines.setdefault(label, {1: 1.0} if per_device in one_device_sizes else {})
+        points[row["devices"]] = row["efficiency"]
     for label, points in lines.items():
         if len(points) > 1:
             left.plot(sorted(points), [100 * points[n] for n in sorted(points)], marker="o", label=label)
@@ -154,7 +155,8 @@ def plot(rows: list[dict], solves: list[dict], path: Path) -> None:
             right.plot(*zip(*points), marker="o", label=run)
     right.set(xlabel="devices", ylabel="seconds from process start", ylim=(0, None),
               title="time to solve CartPole (defaults, 4096 envs in all)")
-    right.legend()
+    if right.lines:  # none with --no_solve, or when every run failed
+        right.legend()
     for axis in (left, right):
         axis.set_xticks(sorted({row["devices"] for row in rows}))
     figure.tight_layout()

@@ -265,13 +265,17 @@ def trainer(config):
     return program.run_chunk, program.init(config.seed, config.hparams)
 
 
+def trainer_flags(args) -> dict[str, Any]:
+    """The TrainConfig fields that the benchmark's own flags set for every trainer it builds."""
+    return {"fused_acting": False} if args.no_fused_acting else {}
+
+
 def measure_size(env_name: str, num_envs: int, args, skip: set[str]) -> dict[str, dict]:
     """Times every phase at one size; phases in `skip` (OOM at a smaller size) are not tried."""
     results: dict[str, dict] = {}
-    trainer_flags = {"fused_acting": False} if args.no_fused_acting else {}
-    default = make_config(env_name, num_envs, args.iterations, args.min_buffer_rows, **trainer_flags)
+    default = make_config(env_name, num_envs, args.iterations, args.min_buffer_rows, **trainer_flags(args))
     one_update = make_config(env_name, num_envs, args.iterations, args.min_buffer_rows, updates_per_step=1,
-                             batch_size=128, **trainer_flags)
+                             batch_size=128, **trainer_flags(args))
     setup = make_setup(default)
     acting_state = None
 
@@ -585,8 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sizes or parse_range(DEFAULT_RANGE[backend])
     args.iterations = args.iterations or (100 if backend == "gpu" else 16)
     args.min_seconds = args.min_seconds if args.min_seconds is not None else (0.6 if backend == "gpu" else 1.5)
-    default = make_config(env_name, sizes[0], args.iterations, args.min_buffer_rows,
-                          **({"fused_acting": False} if args.no_fused_acting else {}))
+    default = make_config(env_name, sizes[0], args.iterations, args.min_buffer_rows, **trainer_flags(args))
     default_num_envs = build_config({}, get_spec(env_name)).num_envs  # what `jaxdqn.train` runs by default
     report: dict[str, Any] = {
         "machine": machine_info(args.machine),

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton
 
@@ -110,10 +109,11 @@ def greedy_actions(network: MLPQNetwork, params, obs: jnp.ndarray, interpret: bo
     """`argmax_a network.apply(params, obs)[:, a]` as one kernel: `[batch]` int32 (`interpret`: on any backend)."""
     batch = obs.shape[0]
     x = obs.astype(jnp.float32).reshape(batch, -1)
+    obs_size = x.shape[1]
     block_rows, num_warps = block_shape(batch)
     rows = -(-batch // block_rows) * block_rows
-    x = _pad_to(x, (rows, _padded(x.shape[1])))
-    operands = _kernel_operands(network, params, obs_size=int(np.prod(obs.shape[1:])))
+    x = _pad_to(x, (rows, _padded(obs_size)))
+    operands = _kernel_operands(network, params, obs_size)
     whole = lambda operand: pl.BlockSpec(operand.shape, lambda block: (0, 0))  # noqa: E731  (every block reads all)
     actions = pl.pallas_call(
         _make_kernel(tuple(network.hidden_sizes), network.layer_norm),
