@@ -19,7 +19,6 @@ compilation cache) and cached, as in `benchmarks.time_to_solve`.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 
 from benchmarks import time_to_solve as tts
+from jaxdqn.errors import OneLineParser
 
 
 def train_sps(num_devices: int, num_envs: int, batch_size: int, iterations: int, scratch: Path, sync: str,
@@ -164,7 +164,7 @@ def plot(rows: list[dict], solves: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--weak_envs", type=int, nargs="+", default=[4096, 65536], help="envs per device")
     parser.add_argument("--strong_envs", type=int, default=16384, help="global envs for strong scaling")

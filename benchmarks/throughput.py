@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.machine import cpu_model
+from jaxdqn.errors import OneLineParser
 
 PHASES = ("env", "act", "learn", "train", "train_1x128", "act_learn")  # act_learn only with --fusion_check
 PHASE_LABELS = {
@@ -516,10 +517,6 @@ def write_outputs(report: dict, out: Path, figure: bool) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    class OneLineParser(argparse.ArgumentParser):
-        def error(self, message: str):
-            self.exit(2, f"{self.prog}: error: {message}\n")
-
     parser = OneLineParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="CartPole-v1",
                         help="environment name, as jaxdqn.train's --env (default: %(default)s)")

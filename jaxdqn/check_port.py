@@ -71,6 +71,7 @@ from gymnax.environments import spaces
 from gymnax.environments.environment import Environment
 
 from jaxdqn import registry
+from jaxdqn.errors import OneLineParser
 from jaxdqn.registry import ConfigError
 
 DEFAULT_EPISODES = 100
@@ -723,15 +724,8 @@ def check_port(env_name: str | Environment, reference: str | None = None, episod
 
 # Command line ------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad flags as one line on stderr with exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m jaxdqn.check_port",
+    parser = OneLineParser(prog="python -m jaxdqn.check_port",
                      description="Check a ported JAX environment step by step against its reference simulator.",
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--env", required=True, help="the port: a registered name or package.module:EnvClass")

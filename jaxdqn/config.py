@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxdqn.errors import OneLineParser
 from jaxdqn.registry import ConfigError, EnvSpec
 
 
@@ -209,13 +210,6 @@ def _parse_sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad flags as one line on stderr with exit code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """Adds one flag per TrainConfig field (default None, so that env defaults can fill the gaps)."""
     for field in dataclasses.fields(TrainConfig):
@@ -248,7 +242,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return _OneLineParser(prog=prog, description=description)
+    return OneLineParser(prog=prog, description=description)
 
 
 def build_config(flags: dict[str, Any], spec: EnvSpec, base: TrainConfig | None = None) -> TrainConfig:

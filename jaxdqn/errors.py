@@ -1,5 +1,14 @@
-"""The user-error exception, in a module of its own so that anything can import it cheaply."""
+"""How user errors are reported, in a module of its own so that anything can import it cheaply."""
+
+import argparse
 
 
 class ConfigError(ValueError):
     """A user error (bad flag, unknown name, unusable checkpoint); the CLIs print it as one line."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad flags as one line on stderr with exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
