@@ -126,7 +126,7 @@ class DQN:
         self.local_envs = config.num_envs // num_devices
         self.local_batch = max(1, config.batch_size // num_devices)
         self.num_actions = env.action_space(env_params).n
-        # How acting computes greedy actions: "kernel" (jaxdqn.fused_acting), "interpret" (that kernel
+        # How acting computes its actions: "kernel" (jaxdqn.fused_acting), "interpret" (that kernel
         # run by the Pallas interpreter on any backend; for tests) or None (the network's own apply).
         obs_size = math.prod(env.observation_space(env_params).shape)
         self.acting_kernel = ("kernel" if config.fused_acting and fused_acting.supports(network, obs_size)
@@ -193,16 +193,16 @@ class DQN:
 
     def select_actions(self, params, obs: jnp.ndarray, key: jax.Array, epsilon: jnp.ndarray) -> jnp.ndarray:
         """Epsilon-greedy actions `[batch]` for observations `[batch, *obs_shape]`."""
+        if self.acting_kernel is not None:  # forward pass and exploration in one kernel
+            return fused_acting.epsilon_greedy_actions(self.network, params, obs, key, epsilon,
+                                                       precision=self.config.acting_precision,
+                                                       interpret=self.acting_kernel == "interpret")
         explore_key, action_key = jax.random.split(key)
-        if self.acting_kernel is None:
-            greedy = greedy_actions(self.network, params, obs)
-        else:
-            greedy = fused_acting.greedy_actions(self.network, params, obs, interpret=self.acting_kernel == "interpret")
+        greedy = greedy_actions(self.network, params, obs)
         random_actions = jax.random.randint(action_key, greedy.shape, 0, self.num_actions, jnp.int32)
         explore = jax.random.uniform(explore_key, greedy.shape) < epsilon
         return jnp.where(explore, random_actions, greedy)
 
-    # Learning --------------------------------------------------------------------------------
     def priority_beta(self, iteration: jnp.ndarray) -> jnp.ndarray:
         """Prioritized replay's importance-sampling exponent: linear from `priority_beta` to 1 over the run."""
         fraction = jnp.clip(iteration.astype(jnp.float32) / self.config.total_iterations, 0.0, 1.0)

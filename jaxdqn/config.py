@@ -76,6 +76,9 @@ class TrainConfig:
                            "Q = V + A - mean(A) (Wang et al. 2016)")
     fused_acting: bool = _field(True, "on GPUs, run the acting forward pass of the default MLP Q-network as "
                                 "one fused kernel (jaxdqn.fused_acting); --no-fused_acting: XLA's kernels")
+    acting_precision: str = _field("float32", "operand type of the fused acting kernel's matrix products: "
+                                   "float32 or bfloat16 (faster acting, but CartPole learned less reliably with "
+                                   "it; accumulation, learning and evaluation stay float32)")
     # Host loop, evaluation, output.
     chunk_steps: int = _field(131_072, "env steps per jitted chunk: one metrics row and progress update "
                               "each (rounded to whole vector steps)")
@@ -150,6 +153,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
         if self.sync not in ("grads", "params"):
             raise ConfigError(f"--sync must be grads or params, got {self.sync!r}")
+        if self.acting_precision not in ("bfloat16", "float32"):
+            raise ConfigError(f"--acting_precision must be bfloat16 or float32, got {self.acting_precision!r}")
         if self.loss not in ("huber", "mse"):
             raise ConfigError(f"--loss must be huber or mse, got {self.loss!r}")
         if not self.hidden_sizes or any(width <= 0 for width in self.hidden_sizes):

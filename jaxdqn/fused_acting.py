@@ -1,20 +1,32 @@
-"""The acting forward pass of the default MLP Q-network as one fused GPU kernel (Pallas, Triton backend).
+"""Epsilon-greedy acting with the default MLP Q-network as one fused GPU kernel (Pallas, Triton backend).
 
-Every vector step runs the Q-network on all envs' observations (the epsilon-greedy behaviour policy of
-Mnih et al. 2013) and needs only the greedy action out of it. With XLA's kernels each hidden layer
-writes its `[num_envs, width]` activations to GPU memory and reads them back, twice per LayerNorm
-layer (matrix product, then normalisation and ReLU, then the next product): about 300 MB a vector
-step at 65,536 envs and the default widths, by count, so acting is bound by memory traffic; at 4,096 envs it
-is bound by its half-dozen kernel launches instead. Here one kernel takes a block of rows through
-every layer in registers and writes one int32 action per row: the observations are the only large
-read.
+Every vector step runs the Q-network on all envs' observations and acts epsilon-greedily on it (the
+behaviour policy of Mnih et al. 2013). With XLA's kernels each hidden layer writes its
+`[num_envs, width]` activations to GPU memory and reads them back, twice per LayerNorm layer (matrix
+product, then normalisation and ReLU, then the next product): about 300 MB a vector step at 65,536
+envs and the default widths, by count, so acting is bound by memory traffic; at 4,096 envs it is
+bound by kernel launches instead. Here one kernel takes a block of rows through every layer in
+registers, draws the exploration and writes one int32 action per row: the observations are the only
+large read.
 
-It computes what `MLPQNetwork.apply` computes (flax's LayerNorm: fast variance clipped at zero,
-epsilon 1e-6) with the same default matrix-product precision, and takes the first maximum like
-`jnp.argmax`; actions can differ only where two Q-values tie to within rounding. Any other network
-(dueling heads, convolutions, other classes, weights too large for shared memory) keeps XLA's path
-(`supports`). Widths and the observation size are zero-padded to powers of two of at least 16 (the
-matrix-product tile of Triton); padded actions get a bias of -1e30 so that they never win.
+The forward pass is `MLPQNetwork.apply`'s (flax's LayerNorm: fast variance clipped at zero, epsilon
+1e-6), with float32 accumulation and LayerNorm. The matrix products take their operands in
+`precision`: "float32" (the default: the default matrix-product precision, as XLA's kernels) or
+"bfloat16". On an H100, bfloat16 saved 6 us of 32 per vector step at 4,096 envs and 14 of 64 at
+65,536, but CartPole learned less reliably with it (44 of 50 seeds at 475 or more after 3M env steps,
+against 48 of 50 with float32 and 49 of 50 with XLA's kernels; `benchmarks/results/fused_acting_h100.md`),
+and doing the Q-value head in full float32 did not mend that (45 of 50). The greedy action is the first
+maximum, like `jnp.argmax`. Learning and evaluation keep float32.
+
+Exploration is drawn inside the kernel too, which saved about 5.5 us a vector step at 4,096 envs
+there: row r explores with probability epsilon and then takes a uniform action, from two 32-bit
+hashes (Wellons' lowbias32) of a per-call seed drawn from the JAX key and of 2r and 2r + 1. The choices are as random as the trainer
+needs (tested for their frequencies), but not the stream that `jax.random` would draw.
+
+Any other network (dueling heads, convolutions, other classes, weights too large for shared memory)
+keeps XLA's path (`supports`). Widths and the observation size are zero-padded to powers of two of
+at least 16 (the matrix-product tile of Triton); padded actions get a bias of -1e30 so that they
+never win.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ MAX_WIDTH = 128  # padded observation size, layer widths and actions
 MAX_WEIGHTS = 3 * 128 * 128  # floats of all padded weight matrices together
 LAYER_NORM_EPSILON = 1e-6  # flax.linen.LayerNorm's default, which MLPQNetwork uses
 NEVER = -1e30  # the bias of padded actions
+PRECISIONS = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}  # operand types of the matrix products
 
 
 def block_shape(batch: int) -> tuple[int, int]:
@@ -53,7 +66,7 @@ def _padded(size: int) -> int:
 
 
 def supports(network, obs_size: int) -> bool:
-    """Whether `greedy_actions` computes this network's greedy actions (else use `network.apply`).
+    """Whether `epsilon_greedy_actions` runs this network (else act with `network.apply`).
 
     `obs_size`: the number of values in one observation.
     """
@@ -86,44 +99,69 @@ def _kernel_operands(network: MLPQNetwork, params, obs_size: int) -> list[jnp.nd
                        _pad_to(output["bias"][None], (1, actions), value=NEVER)]
 
 
-def _make_kernel(widths: tuple[int, ...], layer_norm: bool):
-    def kernel(obs_ref, *refs):
+def _mix32(x: jnp.ndarray) -> jnp.ndarray:
+    """Wellons' lowbias32 integer hash of uint32 values: every input bit flips about half the output bits."""
+    x = (x ^ (x >> 16)) * jnp.uint32(0x7FEB352D)
+    x = (x ^ (x >> 15)) * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _make_kernel(widths: tuple[int, ...], layer_norm: bool, num_actions: int, block_rows: int, operand_type):
+    def dot(x, weights):
+        return jnp.dot(x.astype(operand_type), weights.astype(operand_type), preferred_element_type=jnp.float32)
+
+    def kernel(obs_ref, seed_ref, epsilon_ref, *refs):
         *parameter_refs, action_ref = refs
         parameters = iter(parameter_refs)
         x = obs_ref[...]
         for width in widths:
-            x = jnp.dot(x, next(parameters)[...]) + next(parameters)[...]
+            x = dot(x, next(parameters)[...]) + next(parameters)[...]
             if layer_norm:  # statistics over the real width: the padded columns are zeros
                 mean = jnp.sum(x, axis=1)[:, None] / width
                 variance = jnp.maximum(jnp.sum(x * x, axis=1)[:, None] / width - mean * mean, 0.0)
                 x = (x - mean) * jax.lax.rsqrt(variance + LAYER_NORM_EPSILON) * next(parameters)[...] \
                     + next(parameters)[...]
             x = jnp.maximum(x, 0.0)
-        q_values = jnp.dot(x, next(parameters)[...]) + next(parameters)[...]
-        action_ref[...] = jnp.argmax(q_values, axis=1).astype(jnp.int32)
+        q_values = dot(x, next(parameters)[...]) + next(parameters)[...]
+        greedy = jnp.argmax(q_values, axis=1).astype(jnp.int32)
+        row = (pl.program_id(0) * block_rows + jnp.arange(block_rows, dtype=jnp.int32)).astype(jnp.uint32)
+        seed = seed_ref[...]
+        explore_bits = _mix32(seed ^ _mix32(row * jnp.uint32(2)))
+        action_bits = _mix32(seed ^ _mix32(row * jnp.uint32(2) + jnp.uint32(1)))
+        uniform = (explore_bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))  # in [0, 1), 24 bits
+        random_action = (action_bits % jnp.uint32(num_actions)).astype(jnp.int32)
+        action_ref[...] = jnp.where(uniform < epsilon_ref[...], random_action, greedy)
 
     return kernel
 
 
-def greedy_actions(network: MLPQNetwork, params, obs: jnp.ndarray, interpret: bool = False) -> jnp.ndarray:
-    """`argmax_a network.apply(params, obs)[:, a]` as one kernel: `[batch]` int32 (`interpret`: on any backend)."""
+def epsilon_greedy_actions(network: MLPQNetwork, params, obs: jnp.ndarray, key: jax.Array, epsilon,
+                           precision: str = "float32", interpret: bool = False) -> jnp.ndarray:
+    """Epsilon-greedy actions `[batch]` int32 of `network` on `obs` as one kernel (`interpret`: on any backend).
+
+    With probability `epsilon` a row's action is uniform over the actions, else
+    `argmax_a network.apply(params, obs)[:, a]` with `precision` operands (see the module docstring).
+    """
     batch = obs.shape[0]
     x = obs.astype(jnp.float32).reshape(batch, -1)
     obs_size = x.shape[1]
     block_rows, num_warps = block_shape(batch)
     rows = -(-batch // block_rows) * block_rows
     x = _pad_to(x, (rows, _padded(obs_size)))
+    exploration = [jax.random.bits(key, (1,), jnp.uint32), jnp.reshape(epsilon, (1,)).astype(jnp.float32)]
     operands = _kernel_operands(network, params, obs_size)
-    whole = lambda operand: pl.BlockSpec(operand.shape, lambda block: (0, 0))  # noqa: E731  (every block reads all)
+    whole = lambda operand: pl.BlockSpec(operand.shape, lambda block: (0,) * operand.ndim)  # noqa: E731
     actions = pl.pallas_call(
-        _make_kernel(tuple(network.hidden_sizes), network.layer_norm),
+        _make_kernel(tuple(network.hidden_sizes), network.layer_norm, network.num_actions, block_rows,
+                     PRECISIONS[precision]),
         # Under shard_map the actions vary over the devices exactly as the observations do.
         out_shape=jax.ShapeDtypeStruct((rows,), jnp.int32, manual_axis_type=jax.typeof(x).manual_axis_type),
         grid=(rows // block_rows,),
-        in_specs=[pl.BlockSpec((block_rows, x.shape[1]), lambda block: (block, 0)), *map(whole, operands)],
+        in_specs=[pl.BlockSpec((block_rows, x.shape[1]), lambda block: (block, 0)),
+                  *map(whole, exploration), *map(whole, operands)],  # every block reads these whole
         out_specs=pl.BlockSpec((block_rows,), lambda block: (block,)),
         interpret=interpret,
         compiler_params=triton.CompilerParams(num_warps=num_warps),
-        name="mlp_greedy_actions",
-    )(x, *operands)
+        name="mlp_epsilon_greedy_actions",
+    )(x, *exploration, *operands)
     return actions[:batch]

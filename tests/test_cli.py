@@ -78,6 +78,7 @@ def test_help_documents_every_flag_and_unit(capsys):
         (["--num_devices", "8"], "only 1 CPU device(s) exist"),
         (["--lr", "fast"], "invalid float value: 'fast'"),
         (["--loss", "l1"], "--loss must be huber or mse"),
+        (["--acting_precision", "float16"], "--acting_precision must be bfloat16 or float32"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, flags, message):
