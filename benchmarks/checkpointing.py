@@ -15,7 +15,6 @@ to restore only the parameters (what `jaxdqn.evaluate` reads); medians are repor
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -33,6 +32,7 @@ from benchmarks.machine import cpu_model
 from jaxdqn import checkpoint
 from jaxdqn.config import TrainConfig, add_config_flags
 from jaxdqn.registry import ConfigError
+from jaxdqn.errors import OneLineParser
 from jaxdqn.train import (
     DEFAULT_COMPILE_CACHE,
     build_program,
@@ -163,7 +163,7 @@ def markdown(config: TrainConfig, throughput_rows: list[dict], timing_rows: list
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.checkpointing", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m benchmarks.checkpointing", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output path prefix: writes <out>.json and <out>.md")
     parser.add_argument("--machine", default=None, help='how to name the machine in the table, e.g. "2-core CPU"')
     parser.add_argument("--repeats", type=int, default=2, help="training runs of each mode")

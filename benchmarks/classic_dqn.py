@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from jaxdqn.networks import MLPQNetwork
+from jaxdqn.errors import OneLineParser
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,8 +151,8 @@ def run(config: ClassicConfig, steps: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.classic_dqn", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(prog="python -m benchmarks.classic_dqn", description=__doc__.splitlines()[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--steps", type=int, default=20_000, help="timed env steps after the untimed buffer fill")
     parser.add_argument("--learning_starts", type=int, default=ClassicConfig.learning_starts,
                         help="untimed env steps that fill the buffer first")

@@ -29,6 +29,7 @@ import numpy as np
 
 from benchmarks.machine import cpu_model
 from jaxdqn import registry
+from jaxdqn.errors import OneLineParser
 
 
 def port_steps_per_second(name: str, num_envs: int, steps: int, repeats: int, seed: int = 0) -> dict[str, Any]:
@@ -105,8 +106,8 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ports", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(prog="python -m benchmarks.ports", description=__doc__.splitlines()[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", required=True, help="output path prefix: writes <out>.json and <out>.md")
     parser.add_argument("--envs", nargs="+", default=["Taxi-v4", "CliffWalking-v1"],
                         help="registered envs; a Gymnasium row needs the port's `reference = \"gymnasium:ID\"`")

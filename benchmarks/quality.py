@@ -11,7 +11,6 @@ copied beside it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from jaxdqn.errors import OneLineParser
 
 DEFAULT_ENVS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Breakout-MinAtar")
 
@@ -65,13 +65,13 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = OneLineParser(prog="python -m benchmarks.quality", description=__doc__.split("\n")[0])
     parser.add_argument("--envs", nargs="+", default=list(DEFAULT_ENVS))
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--out", required=True, help="output path without extension (.json, .md, curves)")
     parser.add_argument("extra", nargs="*", help="more flags for jaxdqn.train, after --")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []

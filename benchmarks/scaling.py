@@ -163,7 +163,7 @@ def plot(rows: list[dict], solves: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--weak_envs", type=int, nargs="+", default=[4096, 65536], help="envs per device")
@@ -176,7 +176,7 @@ def main() -> None:
                         help="also run each multi-device point as one process per GPU (CUDA GPUs only)")
     parser.add_argument("--no_solve", action="store_true", help="skip the time-to-solve runs")
     parser.add_argument("--out", required=True, help="output path without extension")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     layouts = [False, True] if args.processes else [False]
     rows, solves = [], []
     with tempfile.TemporaryDirectory() as scratch:

@@ -9,13 +9,13 @@ with an empty compilation cache, "cached" reruns the same command with the cache
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from jaxdqn.errors import OneLineParser
 
 FIELDS = ("num_envs", "run", "seconds_to_solve", "steps_to_solve", "wall_s", "startup_s", "compile_s", "train_s",
           "sps", "updates_per_s", "eval_return_mean")
@@ -44,13 +44,13 @@ def markdown(rows: list[dict], device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = OneLineParser(prog="python -m benchmarks.time_to_solve", description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="CartPole-v1")
     parser.add_argument("--num_envs", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--out", required=True, help="output path without extension (.json and .md are written)")
     parser.add_argument("extra", nargs="*", help="more flags for jaxdqn.train, after --")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for num_envs in args.num_envs:

@@ -12,7 +12,6 @@ defaults in `jaxdqn/config.py` were chosen (README, "Defaults for thousands of e
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -26,6 +25,7 @@ from jaxdqn.agent import DQN
 from jaxdqn.config import HParams, TrainConfig
 from jaxdqn.networks import make_network
 from jaxdqn.registry import make_env
+from jaxdqn.errors import OneLineParser
 
 
 def run_shape(base: TrainConfig, grid: dict[str, list[float]], seeds: int) -> list[dict]:
@@ -74,15 +74,15 @@ def run_shape(base: TrainConfig, grid: dict[str, list[float]], seeds: int) -> li
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = OneLineParser(prog="python -m benchmarks.tune_defaults", description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="CartPole-v1")
     parser.add_argument("--shapes", nargs="+", default=["{}"], help="JSON TrainConfig overrides, one program each")
     parser.add_argument("--grid", default="{}", help='JSON {"lr": [...], ...} over traced hyperparameters')
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--base", default="{}", help="JSON overrides shared by every shape")
     parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     grid = json.loads(args.grid)
     results = []
     for shape in args.shapes:

@@ -103,3 +103,16 @@ def test_num_envs_not_dividing_over_devices_is_rejected():
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "jaxdqn.train: error: --num_envs 18 does not divide evenly over 4 devices"
+
+
+@pytest.mark.parametrize("module", ["checkpointing", "classic_dqn", "ports", "quality", "scaling", "throughput",
+                                    "time_to_solve", "tune_defaults"])
+def test_every_benchmark_reports_a_bad_flag_in_one_line_with_exit_2(capsys, module):
+    import importlib
+
+    main = importlib.import_module(f"benchmarks.{module}").main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--no_such_flag"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"python -m benchmarks.{module}: error: "), lines
