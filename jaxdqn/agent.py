@@ -11,8 +11,8 @@ runs the same functions under `shard_map` over devices, passing `axis_name` so t
 metrics are averaged over devices (brax's pattern: one code path for one device and many). With
 `sync="params"` each device instead updates on its own samples and the learner is averaged once per
 vector step (local SGD). Gradient clipping, Adam and the target update run over the parameters raveled
-into one vector (`flat_update`), and the online and target networks run as one network vmapped over
-both parameter sets (`td_errors`): a few kernels per update whatever the number of layers, which
+into one vector (`flat_update`), and on GPUs the online and target networks run as one network
+vmapped over both parameter sets (`td_errors`): a few kernels per update whatever the number of layers, which
 matters because an update of a small Q-network costs the GPU kernel launches, not arithmetic.
 
 Rainbow-style variants (Hessel et al. 2018), each a static `TrainConfig` flag, off by default and
@@ -132,6 +132,8 @@ class DQN:
         obs_size = math.prod(env.observation_space(env_params).shape)
         self.acting_kernel = ("kernel" if config.fused_acting and fused_acting.supports(network, obs_size)
                               and jax.default_backend() == "gpu" else None)
+        # Online and target network as one vmapped network in the update (`_stacked_q_values`): on GPUs.
+        self.stacked_networks = jax.default_backend() == "gpu"
         self.learning_starts_iteration = -(-config.learning_starts // config.num_envs)
         # Learning waits for the buffer to hold `learning_starts` transitions (or to be full), which
         # also pauses it while a run resumed without its buffer refills it.
@@ -210,27 +212,37 @@ class DQN:
         return self.config.priority_beta + fraction * (1.0 - self.config.priority_beta)
 
     def td_errors(self, params, target_params, batch: replay.Batch) -> jnp.ndarray:
-        """`[batch]` TD errors y - Q(s, a), with y = reward + discount * value(next_obs) (Double DQN if set).
+        """`[batch]` TD errors y - Q(s, a), with y = reward + discount * value(next_obs) (Double DQN if set)."""
+        batch_size = batch.action.shape[0]
+        if self.stacked_networks:
+            q, next_q_online, next_q_target = self._stacked_q_values(params, target_params, batch)
+        elif self.config.double:  # one forward pass of the online network over s and s'
+            q_both = self.network.apply(params, jnp.concatenate([batch.obs, batch.next_obs]))
+            q, next_q_online = q_both[:batch_size], jax.lax.stop_gradient(q_both[batch_size:])
+            next_q_target = self.network.apply(target_params, batch.next_obs)
+        else:
+            q, next_q_online = self.network.apply(params, batch.obs), None
+            next_q_target = self.network.apply(target_params, batch.next_obs)
+        targets = losses.batch_targets(batch.reward, batch.discount, next_q_target, next_q_online)
+        return losses.batch_td_error(q, batch.action, targets)
 
-        The online and the target network run as one network vmapped over the two parameter sets
-        (online on s, and on s' for Double DQN; target on s'), so that each layer is one batched matrix
-        product and one normalisation kernel for both: the update is a chain of small kernels on a GPU,
-        and their number sets its time.
-        """
+    def _stacked_q_values(self, params, target_params, batch: replay.Batch):
+        """`td_errors`' Q-values with the online and target networks as one network vmapped over both
+        parameter sets (online on s, and on s' for Double DQN; target on s'): each layer is one batched
+        matrix product and one normalisation kernel for both. On a GPU, where the update is a chain of
+        small kernels whose number sets its time, that is faster; on a CPU the target's share of
+        the backward pass (zeros, but computed) makes it slower, so it is used on GPUs only."""
         batch_size = batch.action.shape[0]
         both = jax.tree.map(lambda online, target: jnp.stack([online, jax.lax.stop_gradient(target)]),
                             params, target_params)
-        if self.config.double:  # the online network on s and s'; the target on s' (twice, to match shapes)
+        if self.config.double:  # the target's input doubled to match the online network's s and s'
             inputs = jnp.stack([jnp.concatenate([batch.obs, batch.next_obs]),
                                 jnp.concatenate([batch.next_obs, batch.next_obs])])
         else:
             inputs = jnp.stack([batch.obs, batch.next_obs])
         outputs = jax.vmap(self.network.apply)(both, inputs)
-        q = outputs[0, :batch_size]
         next_q_online = jax.lax.stop_gradient(outputs[0, batch_size:]) if self.config.double else None
-        next_q_target = jax.lax.stop_gradient(outputs[1, :batch_size] if self.config.double else outputs[1])
-        targets = losses.batch_targets(batch.reward, batch.discount, next_q_target, next_q_online)
-        return losses.batch_td_error(q, batch.action, targets)
+        return outputs[0, :batch_size], next_q_online, jax.lax.stop_gradient(outputs[1, :batch_size])
 
     def loss_and_errors(self, params, target_params, batch: replay.Batch) -> tuple[jnp.ndarray, jnp.ndarray]:
         """Mean TD loss of a batch, importance-weighted if `batch.weight` is set, and its TD errors."""

@@ -165,3 +165,31 @@ def test_buffer_samples_batches_for_several_updates_at_once():
     batches = replay.sample(buf, jax.random.key(1), (5, 7))
     assert batches.obs.shape == (5, 7, 1) and batches.action.shape == (5, 7)
     np.testing.assert_array_equal(np.asarray(batches.reward), 3.0)
+
+
+@pytest.mark.parametrize("env, double", [("CartPole-v1", True), ("CartPole-v1", False), ("Breakout-MinAtar", True)])
+def test_stacked_networks_give_the_same_td_errors_and_gradients(small_config, env, double):
+    """The GPU path (`DQN.stacked_networks`: online and target network vmapped over both parameter
+    sets) computes what two separate forward passes compute, gradients included."""
+    config = small_config(env=env, double=double, hidden_sizes=(32, 32))
+    dqn = _dqn(config)
+    state = dqn.init(jax.random.key(0), config.hparams)
+    # A target network that differs from the online one, and a batch with terminal transitions.
+    target = jax.tree.map(lambda leaf: leaf + 0.1 * jax.random.normal(jax.random.key(1), leaf.shape),
+                          state.target_params)
+    keys = jax.random.split(jax.random.key(2), 3)
+    obs = state.obs
+    batch = replay.one_step(replay.Transition(
+        obs=obs, action=jax.random.randint(keys[0], (obs.shape[0],), 0, dqn.num_actions),
+        reward=jax.random.normal(keys[1], (obs.shape[0],)), next_obs=obs[::-1],
+        terminated=jax.random.bernoulli(keys[2], 0.3, (obs.shape[0],))), config.hparams.gamma)
+    results = {}
+    for stacked in (False, True):
+        dqn.stacked_networks = stacked
+        errors = dqn.td_errors(state.params, target, batch)
+        grads = jax.grad(dqn.loss)(state.params, target, batch)
+        results[stacked] = errors, grads
+    assert float(jnp.abs(results[False][0]).max()) > 1e-3  # not trivially zero
+    np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), results[True][1],
+                 results[False][1])
