@@ -12,6 +12,10 @@ rewritten). Code that the environment imports from other packages is not part of
 editing such code, delete the `programs/` folder of the compile cache (or run with `--no_compile_cache`).
 
 It is used for single-process runs only; with `jax.distributed` every process compiles.
+
+The folder is bounded: after each store, the least recently used entries (by modification time,
+which a load renews) are deleted until the rest fit in `MAX_BYTES` (an entry is about 3 MB for
+CartPole's default programs on an H100). The entry just written is always kept.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ _JAX_SETTINGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_default_
 _LIBRARIES = ("jax", "jaxlib", "flax", "optax", "chex", "gymnax", "numpy")
 # Config fields that only the host loop reads: runs differing in them share programs.
 HOST_ONLY_FIELDS = ("seed", "log_dir", "until_solved", "eval_frequency")
+MAX_BYTES = 1 << 30  # the programs folder's size bound: 1 GiB, a few hundred configurations
 
 
 def _package_files(module_name: str) -> set[Path]:
@@ -107,7 +112,9 @@ def _load(path: Path, devices: Mapping[str, list[Any]]) -> dict[str, Any] | None
             futures = {name: pool.submit(serialize_executable.deserialize_and_load, *saved[name],
                                          execution_devices=program_devices)
                        for name, program_devices in devices.items()}
-            return {name: future.result() for name, future in futures.items()}
+            programs = {name: future.result() for name, future in futures.items()}
+        os.utime(path)  # used now: the last entry `_evict` would delete
+        return programs
     except Exception:  # noqa: BLE001  (missing, truncated or from another build: compile instead)
         return None
 
@@ -120,8 +127,27 @@ def _store(path: Path, compiled: Mapping[str, Any]) -> None:
         with open(partial, "wb") as file:
             pickle.dump(blobs, file)
         os.replace(partial, path)  # readers see a whole entry or none
+        _evict(path.parent, keep=path, max_bytes=MAX_BYTES)
     except Exception:  # noqa: BLE001  (a backend that cannot serialize, a read-only folder: no cache)
         pass
+
+
+def _evict(folder: Path, keep: Path, max_bytes: int) -> None:
+    """Deletes the least recently used entries of `folder` (never `keep`) until the rest fit in `max_bytes`."""
+    entries = []
+    for entry in folder.glob("*.programs"):
+        try:
+            status = entry.stat()
+        except OSError:  # deleted meanwhile by another run
+            continue
+        entries.append((status.st_mtime, status.st_size, entry))
+    total = sum(size for _, size, _ in entries)
+    for _, size, entry in sorted(entries, key=lambda item: item[0]):  # oldest first
+        if total <= max_bytes:
+            break
+        if entry != keep:
+            entry.unlink(missing_ok=True)
+            total -= size
 
 
 def load_or_compile(lowerers: Mapping[str, Callable[[], Any]], devices: Mapping[str, list[Any]],

@@ -119,3 +119,30 @@ def test_editing_a_helper_module_of_a_ported_env_changes_the_key(small_config, t
     assert key() == before
     (package / "physics.py").write_text("GRAVITY = 3.7\n")
     assert key() != before
+
+
+def test_the_folder_keeps_the_recently_used_entries_within_its_bound(tmp_path):
+    """`_evict` deletes the least recently used entries (oldest modification time) beyond the bound."""
+    import os
+
+    entries = {}
+    for age, name in enumerate(["newest", "recent", "old", "oldest"]):
+        entries[name] = tmp_path / f"{name}.programs"
+        entries[name].write_bytes(b"x" * 100)
+        os.utime(entries[name], (1_000_000 - age * 10, 1_000_000 - age * 10))
+    (tmp_path / "notes.txt").write_bytes(b"y" * 1000)  # not an entry: never counted or deleted
+    program_cache._evict(tmp_path, keep=entries["oldest"], max_bytes=250)
+    left = sorted(path.name for path in tmp_path.iterdir())
+    # 400 bytes of entries over a 250-byte bound: "old" goes, then "recent"; "oldest" is the one kept.
+    assert left == ["newest.programs", "notes.txt", "oldest.programs"]
+
+
+def test_a_loaded_entry_counts_as_recently_used(small_config, tmp_path):
+    import os
+
+    config = small_config(total_steps=16 * 4, chunk_steps=16 * 4, eval_frequency=16 * 4)
+    run(config, tmp_path)
+    (entry,) = tmp_path.glob("*.programs")
+    os.utime(entry, (1_000_000, 1_000_000))  # as if last used long ago
+    assert run(config, tmp_path)["programs_loaded"] is True
+    assert entry.stat().st_mtime > 1_000_000
