@@ -31,8 +31,8 @@ import jax.numpy as jnp
 from benchmarks.machine import cpu_model
 from jaxdqn import checkpoint
 from jaxdqn.config import TrainConfig, add_config_flags
-from jaxdqn.registry import ConfigError
 from jaxdqn.errors import OneLineParser
+from jaxdqn.registry import ConfigError
 from jaxdqn.train import (
     DEFAULT_COMPILE_CACHE,
     build_program,

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdqn.networks import MLPQNetwork
 from jaxdqn.errors import OneLineParser
+from jaxdqn.networks import MLPQNetwork
 
 
 @dataclasses.dataclass(frozen=True)

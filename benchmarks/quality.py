@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 from jaxdqn.errors import OneLineParser
 
 DEFAULT_ENVS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Breakout-MinAtar")

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 from jaxdqn.errors import OneLineParser
 
 FIELDS = ("num_envs", "run", "seconds_to_solve", "steps_to_solve", "wall_s", "startup_s", "compile_s", "train_s",

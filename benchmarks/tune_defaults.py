@@ -23,9 +23,9 @@ import numpy as np
 
 from jaxdqn.agent import DQN
 from jaxdqn.config import HParams, TrainConfig
+from jaxdqn.errors import OneLineParser
 from jaxdqn.networks import make_network
 from jaxdqn.registry import make_env
-from jaxdqn.errors import OneLineParser
 
 
 def run_shape(base: TrainConfig, grid: dict[str, list[float]], seeds: int) -> list[dict]:

@@ -12,8 +12,9 @@ metrics are averaged over devices (brax's pattern: one code path for one device 
 `sync="params"` each device instead updates on its own samples and the learner is averaged once per
 vector step (local SGD). Gradient clipping, Adam and the target update run over the parameters raveled
 into one vector (`flat_update`), and on GPUs the online and target networks run as one network
-vmapped over both parameter sets (`td_errors`): a few kernels per update whatever the number of layers, which
-matters because an update of a small Q-network costs the GPU kernel launches, not arithmetic.
+vmapped over both parameter sets (`td_errors`): a few kernels per update whatever the number of
+layers, which matters because an update of a small Q-network costs the GPU kernel launches, not
+arithmetic.
 
 Rainbow-style variants (Hessel et al. 2018), each a static `TrainConfig` flag, off by default and
 combinable: Double DQN (`double`, on by default), dueling heads (`dueling`, in `jaxdqn.networks`),
@@ -206,6 +207,7 @@ class DQN:
         explore = jax.random.uniform(explore_key, greedy.shape) < epsilon
         return jnp.where(explore, random_actions, greedy)
 
+    # Learning --------------------------------------------------------------------------------
     def priority_beta(self, iteration: jnp.ndarray) -> jnp.ndarray:
         """Prioritized replay's importance-sampling exponent: linear from `priority_beta` to 1 over the run."""
         fraction = jnp.clip(iteration.astype(jnp.float32) / self.config.total_iterations, 0.0, 1.0)
@@ -216,12 +218,12 @@ class DQN:
         batch_size = batch.action.shape[0]
         if self.stacked_networks:
             q, next_q_online, next_q_target = self._stacked_q_values(params, target_params, batch)
-        elif self.config.double:  # one forward pass of the online network over s and s'
-            q_both = self.network.apply(params, jnp.concatenate([batch.obs, batch.next_obs]))
-            q, next_q_online = q_both[:batch_size], jax.lax.stop_gradient(q_both[batch_size:])
-            next_q_target = self.network.apply(target_params, batch.next_obs)
         else:
-            q, next_q_online = self.network.apply(params, batch.obs), None
+            if self.config.double:  # one forward pass of the online network over s and s'
+                q_both = self.network.apply(params, jnp.concatenate([batch.obs, batch.next_obs]))
+                q, next_q_online = q_both[:batch_size], jax.lax.stop_gradient(q_both[batch_size:])
+            else:
+                q, next_q_online = self.network.apply(params, batch.obs), None
             next_q_target = self.network.apply(target_params, batch.next_obs)
         targets = losses.batch_targets(batch.reward, batch.discount, next_q_target, next_q_online)
         return losses.batch_td_error(q, batch.action, targets)

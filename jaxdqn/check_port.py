@@ -726,8 +726,8 @@ def check_port(env_name: str | Environment, reference: str | None = None, episod
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m jaxdqn.check_port",
-                     description="Check a ported JAX environment step by step against its reference simulator.",
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           description="Check a ported JAX environment step by step against its reference simulator.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--env", required=True, help="the port: a registered name or package.module:EnvClass")
     parser.add_argument("--reference", default=None,
                         help="gymnasium:ID or package.module:factory (default: the port's `reference` attribute)")
