@@ -268,7 +268,8 @@ def trainer(config):
 
 def trainer_flags(args) -> dict[str, Any]:
     """The TrainConfig fields that the benchmark's own flags set for every trainer it builds."""
-    return {"fused_acting": False} if args.no_fused_acting else {}
+    flags = {"fused_acting": False} if args.no_fused_acting else {}
+    return flags | ({"fused_update": False} if args.no_fused_update else {})
 
 
 def measure_size(env_name: str, num_envs: int, args, skip: set[str]) -> dict[str, dict]:
@@ -551,6 +552,9 @@ def make_parser() -> argparse.ArgumentParser:
                              "(phase act_learn): locates a gap between the trainer and the sum of its phases")
     parser.add_argument("--no_fused_acting", action="store_true",
                         help="measure the trainer with jaxdqn.train's --no-fused_acting (XLA's kernels for acting)")
+    parser.add_argument("--no_fused_update", action="store_true",
+                        help="measure the trainer with jaxdqn.train's --no-fused_update (XLA's kernels for the "
+                        "updates)")
     parser.add_argument("--plot_only", action="store_true", help="re-render PREFIX.md and PREFIX.png from PREFIX.json")
     return parser
 

@@ -40,6 +40,7 @@ from flax import struct
 
 from jaxdqn import buffer as replay
 from jaxdqn import fused_acting
+from jaxdqn import fused_update
 from jaxdqn import losses
 from jaxdqn.config import HParams, TrainConfig
 
@@ -130,10 +131,14 @@ class DQN:
         self.num_actions = env.action_space(env_params).n
         # How acting computes its actions: "kernel" (jaxdqn.fused_acting), "interpret" (that kernel
         # run by the Pallas interpreter on any backend; for tests) or None (the network's own apply).
-        obs_size = math.prod(env.observation_space(env_params).shape)
+        obs_size = self.obs_size = math.prod(env.observation_space(env_params).shape)
         self.acting_kernel = ("kernel" if config.fused_acting and fused_acting.supports(network, obs_size)
                               and jax.default_backend() == "gpu" else None)
-        # Online and target network as one vmapped network in the update (`_stacked_q_values`): on GPUs.
+        # How an update computes its loss and gradient: "kernel" (jaxdqn.fused_update), "interpret" (that
+        # kernel in the Pallas interpreter; for tests) or None (jax.grad of `loss_and_errors`).
+        self.update_kernel = ("kernel" if config.fused_update and fused_update.supports(network, obs_size, self.local_batch)
+                              and jax.default_backend() == "gpu" else None)
+        # Online and target network as one vmapped network in XLA's update (`_stacked_q_values`): on GPUs.
         self.stacked_networks = jax.default_backend() == "gpu"
         self.learning_starts_iteration = -(-config.learning_starts // config.num_envs)
         # Learning waits for the buffer to hold `learning_starts` transitions (or to be full), which
@@ -142,17 +147,19 @@ class DQN:
         self.learning_starts_rows = min(max(config.n_step, self.learning_starts_iteration), config.buffer_rows)
 
     # Construction ----------------------------------------------------------------------------
+    def learning_rate(self, lr):
+        """`lr`, or with `lr_anneal` the schedule `count -> lr` annealed linearly to 0 over the run's updates."""
+        if not self.config.lr_anneal:  # an array, so that optax keeps it in the state whether traced or not
+            return jnp.asarray(lr)
+        total_updates = max(1, (self.config.total_iterations - self.learning_starts_iteration + 1)
+                            * self.config.updates_per_step)
+        return lambda count: lr * jnp.clip(1.0 - count / total_updates, 0.0, 1.0)
+
     def make_optimizer(self, lr) -> optax.GradientTransformation:
         """Adam with global-norm clipping; `lr` may be traced, and is annealed to 0 if `lr_anneal`."""
-        if self.config.lr_anneal:
-            total_updates = max(1, (self.config.total_iterations - self.learning_starts_iteration + 1)
-                                * self.config.updates_per_step)
-            learning_rate = lambda count: lr * jnp.clip(1.0 - count / total_updates, 0.0, 1.0)  # noqa: E731
-        else:
-            learning_rate = lr
         return optax.chain(
             optax.clip_by_global_norm(self.config.max_grad_norm),
-            optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate),
+            optax.inject_hyperparams(optax.adam)(learning_rate=self.learning_rate(lr)),
         )
 
     def init(self, key: jax.Array, hparams: HParams) -> TrainerState:
@@ -272,14 +279,22 @@ class DQN:
                     active: jnp.ndarray | bool = True) -> tuple["FlatLearner", jnp.ndarray, jnp.ndarray]:
         """`update` on parameters raveled into one vector (`unravel` rebuilds the network's tree).
 
-        Clipping, Adam and the target update then run over one vector, a few kernels whatever the
-        network's number of layers, instead of a few kernels per parameter array. Where `active` is
-        False the learner comes back unchanged (a select inside the same kernels, not a branch).
+        Returns the updated learner, the loss and, with prioritized replay, the TD errors (else None).
         """
         def flat_loss(flat_params):
             return self.loss_and_errors(unravel(flat_params), unravel(learner.target_params), batch)
 
         (loss, errors), grads = jax.value_and_grad(flat_loss, has_aux=True)(learner.params)
+        return self.apply_gradients(learner, grads, hparams, active), loss, errors if self.config.prioritized else None
+
+    def apply_gradients(self, learner: "FlatLearner", grads: jnp.ndarray, hparams: HParams,
+                        active: jnp.ndarray | bool = True) -> "FlatLearner":
+        """Clipping, Adam and the target update, over parameters and gradients as one vector each.
+
+        One vector takes a few kernels whatever the network's number of layers, instead of a few
+        kernels per parameter array. Where `active` is False the learner comes back unchanged (a select
+        inside the same kernels, not a branch).
+        """
         if self.collective_axis is not None and self.config.sync == "grads":  # one all-reduce of one vector
             grads = jax.lax.pmean(grads, self.collective_axis)
         param_updates, opt_state = self.make_optimizer(hparams.lr).update(grads, learner.opt_state, learner.params)
@@ -292,7 +307,7 @@ class DQN:
         updated = FlatLearner(params, target_params, opt_state, updates)
         if active is not True:
             updated = jax.tree.map(lambda new, old: jnp.where(active, new, old), updated, learner)
-        return updated, loss, errors if self.config.prioritized else None
+        return updated
 
     def sample_batches(self, buffer: replay.ReplayBuffer, key: jax.Array, iteration: jnp.ndarray,
                        gamma: jnp.ndarray) -> tuple[replay.Batch, tuple[jnp.ndarray, jnp.ndarray]]:
@@ -321,12 +336,15 @@ class DQN:
         # Only what the updates change travels through the loop, and the parameters as one vector each
         # (`flat_update`): carrying the whole state would copy its unchanged fields on every update.
         learner, unravel = flat_learner(state)
+        if self.update_kernel is not None:
+            learner, step_losses, errors = self._fused_updates(learner, state.params, batches, state.hparams, active)
+        else:
+            def update(learner: FlatLearner, batch: replay.Batch):
+                learner, loss, errors = self.flat_update(learner, batch, unravel, state.hparams, active)
+                return learner, (loss, errors)
 
-        def update(learner: FlatLearner, batch: replay.Batch):
-            learner, loss, errors = self.flat_update(learner, batch, unravel, state.hparams, active)
-            return learner, (loss, errors)
-
-        learner, (step_losses, errors) = jax.lax.scan(update, learner, batches, unroll=self.config.unroll_updates)
+            learner, (step_losses, errors) = jax.lax.scan(update, learner, batches,
+                                                          unroll=self.config.unroll_updates or 1)
         if self.collective_axis is not None and self.config.sync == "params":  # local SGD: average once per step
             def counters_kept(leaf):  # the counters agree already; the average is cast back to per-device
                 if not jnp.issubdtype(leaf.dtype, jnp.floating):
@@ -339,6 +357,93 @@ class DQN:
         if self.config.prioritized:
             replay_buffer = replay.update_priorities(replay_buffer, rows, envs, errors, self.config.priority_alpha)
         return with_learner(state.replace(buffer=replay_buffer), learner, unravel), jnp.sum(step_losses)
+
+    def _fused_updates(self, learner: FlatLearner, params, batches: replay.Batch, hparams: HParams,
+                       active: jnp.ndarray | bool) -> tuple[FlatLearner, jnp.ndarray, jnp.ndarray]:
+        """`learn`'s loop of updates in `jaxdqn.fused_update`'s kernels: three per update, nothing else.
+
+        For the loop, parameters, target and Adam's moments move from the raveled vector to the
+        kernels' slab layout (and back after it): the same numbers, padded with zeros that stay zero.
+        The optimizer's scalars of every update are worked out before the loop (`_optimizer_schedule`),
+        and each update writes its loss and TD errors in place: no small kernels between the updates.
+        Returns the learner, the `[updates_per_step]` losses and the TD errors (None unless prioritized).
+        """
+        layout = fused_update.SlabLayout(self.network, self.obs_size, params)
+        num_updates, batch_size = self.config.updates_per_step, self.local_batch
+        blocks = batch_size // fused_update.block_shape(batch_size)[0]
+        interpret = self.update_kernel == "interpret"
+
+        def moved(convert, size: int):  # params, target and Adam's mu and nu: the vectors of `size` values
+            return lambda leaf: convert(leaf) if leaf.shape == (size,) else leaf
+
+        learner = jax.tree.map(moved(layout.to_slab, layout.size), learner)
+        kernel_batches = fused_update.kernel_batches(batches, layout.obs_rows)
+        scalars, opt_state = self._optimizer_schedule(learner, hparams, active)
+        adam = opt_state[1].inner_state[0]
+
+        def update(carry, index: jnp.ndarray):
+            params, target_params, mu, nu, losses, errors = carry
+            partial_grads, losses, errors = fused_update.loss_and_gradient(
+                layout, params, target_params, kernel_batches, index, losses, errors, batch_size,
+                self.config.double, self.config.loss, interpret=interpret)
+            if self.collective_axis is not None and self.config.sync == "grads":  # one all-reduce of one vector
+                partial_grads = jax.lax.pmean(jnp.sum(partial_grads, axis=0, keepdims=True), self.collective_axis)
+            params, target_params, mu, nu = fused_update.adam_step(partial_grads, scalars, index, params,
+                                                                   target_params, mu, nu, interpret=interpret)
+            return (params, target_params, mu, nu, losses, errors), None
+
+        carry = (learner.params, learner.target_params, adam.mu, adam.nu,
+                 jnp.zeros(num_updates * blocks, jnp.float32), jnp.zeros(num_updates * batch_size, jnp.float32))
+        indices = jnp.arange(num_updates, dtype=jnp.int32)[:, None]
+        (params, target_params, mu, nu, losses, errors), _ = jax.lax.scan(
+            update, carry, indices, unroll=self.config.unroll_updates or fused_update.UNROLL)
+        opt_state = (opt_state[0], opt_state[1]._replace(
+            inner_state=(adam._replace(mu=mu, nu=nu), *opt_state[1].inner_state[1:])))
+        learner = FlatLearner(params, target_params, opt_state,
+                              jnp.where(active, learner.updates + num_updates, learner.updates))
+        learner = jax.tree.map(moved(layout.from_slab, layout.rows * layout.width), learner)
+        step_losses = jnp.sum(losses.reshape(num_updates, blocks), axis=1)
+        return learner, step_losses, errors.reshape(num_updates, batch_size) if self.config.prioritized else None
+
+    def _optimizer_schedule(self, learner: FlatLearner, hparams: HParams, active: jnp.ndarray | bool):
+        """The scalars of the vector step's updates for `fused_update.adam_step`, and the optimizer's
+        state after them (its vectors, Adam's moments, left as they were).
+
+        `make_optimizer`'s chain counts one step per update in three places (inject_hyperparams, its
+        schedule, Adam), and takes the learning rate from the schedule at the count before the step.
+        Worked out here for all the updates at once (what optax would do one update at a time):
+        run per update on a GPU, this scalar bookkeeping was a dozen kernels of its own.
+        """
+        num_updates = self.config.updates_per_step
+        clip_state, inject = learner.opt_state
+        adam = inject.inner_state[0]
+        values = inject.hyperparams
+        steps = jnp.arange(1, num_updates + 1, dtype=jnp.int32)
+
+        def counted(count, steps):  # optax's safe_increment `steps` times: saturates, never overflows
+            return count + jnp.minimum(steps, jnp.iinfo(jnp.int32).max - count)
+
+        schedule = self.learning_rate(hparams.lr)
+        if callable(schedule):
+            schedule_count = inject.hyperparams_states["learning_rate"].count
+            lr = schedule(counted(schedule_count, steps - 1))
+        else:
+            lr = jnp.broadcast_to(values["learning_rate"], steps.shape)
+        adam_count = counted(adam.count, steps)
+        due = (learner.updates + steps) % self.config.target_update_frequency == 0
+        columns = [lr, 1.0 - values["b1"] ** adam_count, 1.0 - values["b2"] ** adam_count, values["b1"], values["b2"],
+                   values["eps"], values["eps_root"], self.config.max_grad_norm, hparams.tau, due, active]
+        columns += [0.0] * (fused_update.SCALARS - len(columns))
+        scalars = jnp.stack([jnp.broadcast_to(jnp.asarray(column, jnp.float32), steps.shape) for column in columns],
+                            axis=1).reshape(-1)
+
+        after = inject._replace(
+            count=counted(inject.count, num_updates),
+            hyperparams={**values, "learning_rate": lr[-1].astype(values["learning_rate"].dtype)},
+            hyperparams_states=jax.tree.map(lambda count: counted(count, num_updates), inject.hyperparams_states),
+            inner_state=(adam._replace(count=adam_count[-1]), *inject.inner_state[1:]))
+        after = jax.tree.map(lambda new, old: jnp.where(active, new, old), after, inject)
+        return scalars, (clip_state, after)
 
     # One iteration ---------------------------------------------------------------------------
     def train_step(self, state: TrainerState) -> tuple[TrainerState, StepMetrics]:

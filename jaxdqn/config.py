@@ -63,7 +63,8 @@ class TrainConfig:
                                    "(0: uniform sampling)")
     priority_beta: float = _field(0.4, "prioritized replay: initial importance-sampling exponent beta, in "
                                   "[0, 1], annealed linearly to 1 over total_steps")
-    unroll_updates: int = _field(1, "gradient updates unrolled per loop step of the device program", cli=False)
+    unroll_updates: int = _field(0, "gradient updates unrolled per loop step of the device program (0: "
+                                 "jaxdqn.fused_update.UNROLL with the fused update kernel, else 1)", cli=False)
     # Exploration.
     eps: float = _field(1.0, "initial epsilon of epsilon-greedy exploration", original=True)
     min_eps: float = _field(0.05, "final epsilon", original=True)
@@ -76,6 +77,9 @@ class TrainConfig:
                            "Q = V + A - mean(A) (Wang et al. 2016)")
     fused_acting: bool = _field(True, "on GPUs, run the acting forward pass of the default MLP Q-network as "
                                 "one fused kernel (jaxdqn.fused_acting); --no-fused_acting: XLA's kernels")
+    fused_update: bool = _field(True, "on GPUs, compute each gradient update's loss and gradient of the default "
+                                "MLP Q-network in one fused kernel (jaxdqn.fused_update); --no-fused_update: "
+                                "XLA's kernels")
     acting_precision: str = _field("float32", "operand type of the fused acting kernel's matrix products: "
                                    "float32 or bfloat16 (faster acting, but CartPole learned less reliably with "
                                    "it; accumulation, learning and evaluation stay float32)")
@@ -122,6 +126,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.unroll_updates < 0:
+            raise ConfigError(f"unroll_updates must be >= 0, got {self.unroll_updates}")
         if self.learning_starts < 0:
             raise ConfigError(f"--learning_starts must be >= 0, got {self.learning_starts}")
         if not 0.0 < self.gamma <= 1.0:

@@ -21,6 +21,17 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def make_dqn(config):
+    """A one-device `jaxdqn.agent.DQN` for `config`, with the env and the network `jaxdqn.train` would pick."""
+    from jaxdqn.agent import DQN
+    from jaxdqn.networks import make_network
+    from jaxdqn.registry import make_env
+
+    _, env, env_params = make_env(config.env)
+    network = make_network(env.observation_space(env_params).shape, env.action_space(env_params).n, config)
+    return DQN(config, env, env_params, network)
+
+
 @pytest.fixture
 def small_config():
     """A TrainConfig small enough to compile in seconds (override fields with `.replace`-style kwargs)."""

@@ -9,6 +9,7 @@ import pytest
 
 from jaxdqn import buffer as replay
 from jaxdqn import losses
+from tests.conftest import make_dqn
 
 
 def test_q_learning_target_hand_computed():
@@ -65,19 +66,9 @@ def test_buffer_samples_only_filled_slots():
     np.testing.assert_array_equal(np.asarray(batch.next_obs)[:, 0], values + 0.5)  # fields stay aligned
 
 
-def _dqn(config):
-    from jaxdqn.agent import DQN
-    from jaxdqn.networks import make_network
-    from jaxdqn.registry import make_env
-
-    _, env, env_params = make_env(config.env)
-    network = make_network(env.observation_space(env_params).shape, env.action_space(env_params).n, config)
-    return DQN(config, env, env_params, network)
-
-
 def test_epsilon_schedule_is_linear_in_env_steps(small_config):
     config = small_config(num_envs=16, eps=0.9, min_eps=0.1, eps_decay_steps=320)
-    dqn = _dqn(config)
+    dqn = make_dqn(config)
     hparams = config.hparams
     # 16 envs per iteration: 320 env steps = 20 iterations
     values = [float(dqn.epsilon(jnp.int32(i), hparams)) for i in (0, 10, 20, 40)]
@@ -88,7 +79,7 @@ def test_epsilon_schedule_is_linear_in_env_steps(small_config):
 def test_target_update_fires_every_n_updates_whatever_num_envs(small_config, num_envs):
     config = small_config(num_envs=num_envs, buffer_size=num_envs * 8, target_update_frequency=3, tau=1.0,
                           learning_starts=0)
-    dqn = _dqn(config)
+    dqn = make_dqn(config)
     state = dqn.init(jax.random.key(0), config.hparams)
     state = state.replace(buffer=replay.add(state.buffer, replay.Transition(
         obs=state.obs, action=jnp.zeros(num_envs, jnp.int32), reward=jnp.ones(num_envs),
@@ -109,7 +100,7 @@ def test_target_update_fires_every_n_updates_whatever_num_envs(small_config, num
 
 def test_polyak_target_update(small_config):
     config = small_config(target_update_frequency=1, tau=0.25, learning_starts=0)
-    dqn = _dqn(config)
+    dqn = make_dqn(config)
     state = dqn.init(jax.random.key(0), config.hparams)
     state = state.replace(buffer=replay.add(state.buffer, replay.Transition(
         obs=state.obs, action=jnp.zeros(16, jnp.int32), reward=jnp.ones(16),
@@ -123,7 +114,7 @@ def test_polyak_target_update(small_config):
 def test_truncation_bootstraps_and_termination_does_not(small_config):
     """A stored time-limit truncation keeps the bootstrap; a termination cuts it (checked on the loss)."""
     config = small_config(learning_starts=0, double=False, loss="mse")
-    dqn = _dqn(config)
+    dqn = make_dqn(config)
     state = dqn.init(jax.random.key(0), config.hparams)
     obs = state.obs[:1]
     q_next = jnp.max(dqn.network.apply(state.target_params, obs))
@@ -172,7 +163,7 @@ def test_stacked_networks_give_the_same_td_errors_and_gradients(small_config, en
     """The GPU path (`DQN.stacked_networks`: online and target network vmapped over both parameter
     sets) computes what two separate forward passes compute, gradients included."""
     config = small_config(env=env, double=double, hidden_sizes=(32, 32))
-    dqn = _dqn(config)
+    dqn = make_dqn(config)
     state = dqn.init(jax.random.key(0), config.hparams)
     # A target network that differs from the online one, and a batch with terminal transitions.
     target = jax.tree.map(lambda leaf: leaf + 0.1 * jax.random.normal(jax.random.key(1), leaf.shape),

@@ -9,6 +9,7 @@ import pytest
 
 from jaxdqn import fused_acting
 from jaxdqn.networks import MinAtarQNetwork, MLPQNetwork
+from tests.conftest import make_dqn
 
 
 def _perturbed_params(network, obs):
@@ -96,17 +97,11 @@ def test_training_steps_act_the_same_with_the_kernel(small_config):
     Outside shard_map: the Pallas interpreter does not run under shard_map's varying-axes checks
     (the compiled kernel does; the GPU benchmarks run it there).
     """
-    from jaxdqn.agent import DQN
-    from jaxdqn.networks import make_network
-    from jaxdqn.registry import make_env
-
     config = small_config(num_envs=64, buffer_size=64 * 8, hidden_sizes=(32, 32), eps=0.0, min_eps=0.0,
                           learning_starts=0)
-    _, env, env_params = make_env(config.env)
-    network = make_network(env.observation_space(env_params).shape, env.action_space(env_params).n, config)
     states = {}
     for acting_kernel in (None, "interpret"):
-        dqn = DQN(config, env, env_params, network)
+        dqn = make_dqn(config)
         dqn.acting_kernel = acting_kernel
         state = dqn.init(jax.random.key(0), config.hparams)
         for _ in range(2):
