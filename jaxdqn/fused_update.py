@@ -1,4 +1,4 @@
-"""The loss and gradient of a DQN update of the default MLP Q-network as one fused GPU kernel (Pallas, Triton).
+"""A DQN gradient update of the default MLP Q-network as three fused GPU kernels (Pallas, Triton).
 
 One gradient update of DQN (Mnih et al. 2013; Double DQN targets after van Hasselt et al. 2016) runs
 the online network on s (and on s' for Double DQN) and the target network on s', then back-propagates
@@ -7,10 +7,13 @@ kernels per update (matrix products, LayerNorm statistics, their transposes), ea
 microseconds on a GPU whatever its size: at a batch of 256 and two 128-wide layers an update cost
 about 66 us on an H100, almost all of it kernel launches and round trips through GPU memory.
 
-Here one kernel does all of it. Each kernel instance takes a block of the batch through the three
-forward passes in registers, computes the targets, the TD errors, the loss and its gradient, and
-writes its block's share of the gradient; the blocks' shares are summed, clipped and given to Adam by
-XLA (`DQN.apply_gradients`), over the parameters as one vector.
+Here one kernel (`loss_and_gradient`) does all of it: each kernel instance takes a block of 16
+transitions through the three forward passes in registers, computes the targets, the TD errors, the
+loss and its gradient, and writes its block's share of the gradient. Then `adam_step` runs two more:
+one sums the shares (and the squares of each chunk of the sum), one clips by the global norm, applies
+Adam and updates the target network, in place. The optimizer's scalars (learning rate, bias
+corrections, whether the target update is due) come in as a table with a row per update, worked out
+once per vector step (`DQN._optimizer_schedule`): between two updates nothing else runs.
 
 The parameters travel in a "slab" (`SlabLayout`): one `[rows, width]` float32 array holding every
 layer's matrix, bias and LayerNorm scale and shift as row blocks, zero-padded to powers of two (the
@@ -22,7 +25,8 @@ The arithmetic is that of `DQN.loss_and_errors` with `MLPQNetwork` (flax's Layer
 clipped at zero, epsilon 1e-6; Huber loss with delta 1, or squared error; optional importance weights),
 with the backward passes written out: for LayerNorm, with x_hat = (z - mean) * r, dz = r * (dx_hat -
 mean(dx_hat) - x_hat * mean(dx_hat * x_hat)). Matrix products use the default float32 precision
-(TF32 on recent NVIDIA GPUs, as XLA's kernels do). Tested against `jax.grad` of the trainer's loss.
+(TF32 on recent NVIDIA GPUs, as XLA's kernels do). Tested against `jax.grad` of the trainer's loss
+and against optax, in the Pallas interpreter.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from jaxdqn.networks import MLPQNetwork
 
 MIN_ROWS = 16  # the smallest block of the batch one kernel instance takes (Triton's smallest matrix tile)
 CHUNK = 1024  # slab entries per instance of the optimizer's kernels
+SCALARS = 16  # per-update scalars of `adam_step`, padded to a power of two
 # Updates per step of the device loop: each step of an XLA loop costs a counter kernel and a copy,
 # 2 of the 5 launches of a fused update. On an H100 (CartPole, 4,096 envs, 32 updates of 256 a vector
 # step): 842-856 us a vector step with 1, 793 with 2, 768 with 4, with no longer a compile.
@@ -149,6 +154,7 @@ def _index_tree(params):
 
 
 def _make_kernel(layout: SlabLayout, batch_size: int, block_rows: int, double: bool, loss: str, weighted: bool):
+    """The body of `loss_and_gradient`: one instance per block of `block_rows` transitions of the batch."""
     network = layout.network
     hidden = len(network.hidden_sizes)
     width, num_actions, action_rows = layout.width, network.num_actions, layout.action_rows
@@ -290,10 +296,9 @@ def loss_and_gradient(layout: SlabLayout, params: jnp.ndarray, target_params: jn
     # Under shard_map the outputs vary over the devices exactly as the batches do.
     output = lambda operand: jax.ShapeDtypeStruct(operand.shape, jnp.float32,  # noqa: E731
                                                   manual_axis_type=jax.typeof(batches.obs).manual_axis_type)
-    gradients = jax.ShapeDtypeStruct((blocks, *slab_shape), jnp.float32)
     gradients, losses, errors = pl.pallas_call(
         _make_kernel(layout, batch_size, block_rows, double, loss, weighted),
-        out_shape=[output(gradients), output(losses), output(errors)],
+        out_shape=[output(jax.ShapeDtypeStruct((blocks, *slab_shape), jnp.float32)), output(losses), output(errors)],
         grid=(blocks,),
         in_specs=list(map(whole, inputs)),
         out_specs=[pl.BlockSpec((None, *slab_shape), lambda block: (block, 0, 0)), whole(losses), whole(errors)],
@@ -318,10 +323,8 @@ def kernel_batches(batches, obs_rows: int):
                            discount=flat(batches.discount), weight=flat(batches.weight))
 
 
-SCALARS = 16  # per-update scalars of `adam_step`, padded to a power of two
-
-
 def _make_sum_kernel(chunks: int):
+    """The first kernel of `adam_step`: one instance per chunk of the slab."""
     def kernel(partial_ref, gradient_ref, square_ref):
         gradient = jnp.sum(partial_ref[...], axis=0)
         gradient_ref[...] = gradient
@@ -333,6 +336,7 @@ def _make_sum_kernel(chunks: int):
 
 def _adam_kernel(gradient_ref, square_ref, scalar_ref, index_ref, params_ref, target_ref, mu_ref, nu_ref,
                  params_out, target_out, mu_out, nu_out):
+    """The second kernel of `adam_step`: one instance per chunk of the slab, the norm from all chunks' squares."""
     row = index_ref[0] * SCALARS
     lr, correction1, correction2, b1, b2, eps, eps_root, max_norm, tau, due, active = (
         scalar_ref[row + column] for column in range(11))
