@@ -16,6 +16,7 @@ from jaxdqn import buffer as replay
 from jaxdqn.config import TrainConfig
 from jaxdqn.networks import MinAtarQNetwork, MLPQNetwork, dueling_q_values
 from jaxdqn.registry import ConfigError
+from tests.conftest import make_dqn
 from tests.probe_envs import q_values
 from tests.test_learning import PROBE, run_program
 
@@ -219,19 +220,17 @@ def test_importance_sampling_weights_hand_computed():
 
 
 def test_priority_beta_anneals_linearly_to_one(small_config):
-    from tests.test_core import _dqn
 
     config = small_config(prioritized=True, priority_beta=0.4, total_steps=16 * 100, chunk_steps=16 * 10)
-    dqn = _dqn(config)  # 100 vector steps
+    dqn = make_dqn(config)  # 100 vector steps
     betas = [float(dqn.priority_beta(jnp.int32(i))) for i in (0, 25, 50, 100, 150)]
     np.testing.assert_allclose(betas, [0.4, 0.55, 0.7, 1.0, 1.0], rtol=1e-6)
 
 
 def test_learn_writes_the_sampled_slots_td_errors_as_priorities(small_config):
-    from tests.test_core import _dqn
 
     config = small_config(prioritized=True, priority_alpha=0.5, updates_per_step=1, n_step=2)
-    dqn = _dqn(config)
+    dqn = make_dqn(config)
     state = dqn.init(jax.random.key(0), config.hparams)
     for t in range(4):  # four vector steps of made-up transitions
         state = state.replace(buffer=replay.add(state.buffer, replay.Transition(
@@ -282,13 +281,12 @@ def test_cli_rejects_n_step_longer_than_the_buffer_with_exit_2(capsys, tmp_path)
 
 def test_variants_off_leave_the_default_state_unchanged(small_config):
     """No truncation flags or priorities are stored unless a variant needs them (same tree as before)."""
-    from tests.test_core import _dqn
 
-    state = jax.eval_shape(lambda: _dqn(small_config()).init(jax.random.key(0), small_config().hparams))
+    state = jax.eval_shape(lambda: make_dqn(small_config()).init(jax.random.key(0), small_config().hparams))
     assert state.buffer.priority is None and state.buffer.max_priority is None
     assert state.buffer.data.truncated is None
     assert "DuelingHead_0" not in state.params["params"]
-    state = jax.eval_shape(lambda: _dqn(small_config(n_step=2, prioritized=True)).init(
+    state = jax.eval_shape(lambda: make_dqn(small_config(n_step=2, prioritized=True)).init(
         jax.random.key(0), small_config().hparams))
     assert state.buffer.priority.shape == (16, 16) and state.buffer.data.truncated.shape == (16, 16)
 
