@@ -201,7 +201,8 @@ def act_once(dqn, state, key):
     from jaxdqn import buffer as replay
 
     act_key, env_key = jax.random.split(key)
-    action = dqn.select_actions(state.params, state.obs, act_key, dqn.epsilon(state.iteration, state.hparams))
+    action = dqn.select_actions(state.params, state.obs, act_key, dqn.epsilon(state.iteration, state.hparams),
+                                slab=state.slab)
     next_obs, env_state, reward, terminated, truncated, info = jax.vmap(dqn.env.step, in_axes=(0, 0, 0, None))(
         jax.random.split(env_key, dqn.local_envs), state.env_state, action, dqn.env_params)
     # Store what the trainer's buffer stores (`truncated` only where it keeps it, for n-step returns).
@@ -234,6 +235,8 @@ def acting(setup: Setup, iterations: int, learn: bool = False):
         return jax.lax.scan(body, state, None, length=iterations)[0]
 
     state = jax.jit(dqn.init)(jax.random.key(setup.config.seed), setup.config.hparams)
+    if dqn.uses_slab:  # as the trainer's chunks carry it (`DQN.run_chunk`)
+        state = jax.jit(dqn.to_slab)(state)
     return jax.jit(run, donate_argnums=0), state
 
 

@@ -29,6 +29,7 @@ its start, and writes the new priorities (each sampled slot's latest |TD error|)
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -47,7 +48,12 @@ from jaxdqn.config import HParams, TrainConfig
 
 
 class TrainerState(struct.PyTreeNode):
-    """Everything the training loop carries; one device's share of it."""
+    """Everything the training loop carries; one device's share of it.
+
+    Between chunks `params` and `target_params` are the network's parameter trees. Inside a chunk of
+    the fused kernels (`DQN.slab`), they and Adam's moments are flat slabs of `jaxdqn.fused_update`,
+    which acting and learning read as they are, and `slab` is True (`DQN.run_chunk` converts both ways).
+    """
 
     params: Any
     target_params: Any
@@ -61,6 +67,7 @@ class TrainerState(struct.PyTreeNode):
     iteration: jnp.ndarray  # int32 vector steps done; env steps = iteration * num_envs (no overflow)
     updates: jnp.ndarray  # int32 gradient updates done
     hparams: HParams
+    slab: bool = struct.field(pytree_node=False, default=False)  # parameters in the fused kernels' slab layout
 
 
 class FlatLearner(struct.PyTreeNode):
@@ -73,7 +80,10 @@ class FlatLearner(struct.PyTreeNode):
 
 
 def flat_learner(state: TrainerState) -> tuple[FlatLearner, Any]:
-    """The learner's fields of `state`, parameters raveled, and the function rebuilding the parameter tree."""
+    """The learner's fields of `state`, parameters raveled, and the function rebuilding the parameter tree
+    (None for a state in the slab layout, whose parameters are flat already)."""
+    if state.slab:
+        return FlatLearner(state.params, state.target_params, state.opt_state, state.updates), None
     flat, unravel = jax.flatten_util.ravel_pytree(state.params)
     return FlatLearner(flat, jax.flatten_util.ravel_pytree(state.target_params)[0], state.opt_state,
                        state.updates), unravel
@@ -81,6 +91,9 @@ def flat_learner(state: TrainerState) -> tuple[FlatLearner, Any]:
 
 def with_learner(state: TrainerState, learner: FlatLearner, unravel) -> TrainerState:
     """`state` with the learner's fields of `learner` (`flat_learner`'s inverse)."""
+    if state.slab:
+        return state.replace(params=learner.params, target_params=learner.target_params,
+                             opt_state=learner.opt_state, updates=learner.updates)
     return state.replace(params=unravel(learner.params), target_params=unravel(learner.target_params),
                          opt_state=learner.opt_state, updates=learner.updates)
 
@@ -163,6 +176,32 @@ class DQN:
             optax.inject_hyperparams(optax.adam)(learning_rate=self.learning_rate(lr)),
         )
 
+    @functools.cached_property
+    def slab_layout(self) -> fused_update.SlabLayout:
+        """Where the fused kernels find each parameter (`jaxdqn.fused_update.SlabLayout`)."""
+        obs = jnp.zeros((1, *self.env.observation_space(self.env_params).shape))
+        return fused_update.SlabLayout(self.network, self.obs_size,
+                                       jax.eval_shape(self.network.init, jax.random.key(0), obs))
+
+    @property
+    def uses_slab(self) -> bool:
+        """Whether a chunk keeps the learner in the slab layout: when both acting and learning are kernels."""
+        return self.acting_kernel is not None and self.update_kernel is not None
+
+    def to_slab(self, state: TrainerState) -> TrainerState:
+        """`state` with parameters, target and Adam's moments as flat slabs (`TrainerState.slab`)."""
+        layout = self.slab_layout
+        as_slab = lambda tree: layout.to_slab(jax.flatten_util.ravel_pytree(tree)[0])  # noqa: E731
+        return state.replace(params=as_slab(state.params), target_params=as_slab(state.target_params),
+                             opt_state=jax.tree.map(layout.leaf_to_slab, state.opt_state), slab=True)
+
+    def from_slab(self, state: TrainerState, unravel) -> TrainerState:
+        """`to_slab`'s inverse; `unravel` rebuilds the parameter tree from its raveled vector."""
+        layout = self.slab_layout
+        return state.replace(params=unravel(layout.from_slab(state.params)),
+                             target_params=unravel(layout.from_slab(state.target_params)),
+                             opt_state=jax.tree.map(layout.leaf_from_slab, state.opt_state), slab=False)
+
     def init(self, key: jax.Array, hparams: HParams) -> TrainerState:
         """Builds the initial state. Parameters depend on `key` only, so they match on every device."""
         param_key, key = jax.random.split(key)
@@ -203,12 +242,14 @@ class DQN:
         fraction = jnp.clip(env_steps / self.config.eps_decay_steps, 0.0, 1.0)
         return hparams.eps + fraction * (hparams.min_eps - hparams.eps)
 
-    def select_actions(self, params, obs: jnp.ndarray, key: jax.Array, epsilon: jnp.ndarray) -> jnp.ndarray:
-        """Epsilon-greedy actions `[batch]` for observations `[batch, *obs_shape]`."""
+    def select_actions(self, params, obs: jnp.ndarray, key: jax.Array, epsilon: jnp.ndarray,
+                       slab: bool = False) -> jnp.ndarray:
+        """Epsilon-greedy actions `[batch]` for observations `[batch, *obs_shape]` (`params` a slab if `slab`)."""
         if self.acting_kernel is not None:  # forward pass and exploration in one kernel
             return fused_acting.epsilon_greedy_actions(self.network, params, obs, key, epsilon,
                                                        precision=self.config.acting_precision,
-                                                       interpret=self.acting_kernel == "interpret")
+                                                       interpret=self.acting_kernel == "interpret",
+                                                       slab_layout=self.slab_layout if slab else None)
         explore_key, action_key = jax.random.split(key)
         greedy = greedy_actions(self.network, params, obs)
         random_actions = jax.random.randint(action_key, greedy.shape, 0, self.num_actions, jnp.int32)
@@ -338,7 +379,7 @@ class DQN:
         # (`flat_update`): carrying the whole state would copy its unchanged fields on every update.
         learner, unravel = flat_learner(state)
         if self.update_kernel is not None:
-            learner, step_losses, errors = self._fused_updates(learner, state.params, batches, state.hparams, active)
+            learner, step_losses, errors = self._fused_updates(learner, batches, state.hparams, active, state.slab)
         else:
             def update(learner: FlatLearner, batch: replay.Batch):
                 learner, loss, errors = self.flat_update(learner, batch, unravel, state.hparams, active)
@@ -359,25 +400,24 @@ class DQN:
             replay_buffer = replay.update_priorities(replay_buffer, rows, envs, errors, self.config.priority_alpha)
         return with_learner(state.replace(buffer=replay_buffer), learner, unravel), jnp.sum(step_losses)
 
-    def _fused_updates(self, learner: FlatLearner, params, batches: replay.Batch, hparams: HParams,
-                       active: jnp.ndarray | bool) -> tuple[FlatLearner, jnp.ndarray, jnp.ndarray]:
+    def _fused_updates(self, learner: FlatLearner, batches: replay.Batch, hparams: HParams,
+                       active: jnp.ndarray | bool, in_slab: bool) -> tuple[FlatLearner, jnp.ndarray, jnp.ndarray]:
         """`learn`'s loop of updates in `jaxdqn.fused_update`'s kernels: three per update, nothing else.
 
-        For the loop, parameters, target and Adam's moments move from the raveled vector to the
-        kernels' slab layout (and back after it): the same numbers, padded with zeros that stay zero.
+        Unless the learner is in the slab layout already (`in_slab`: inside a chunk, `to_slab`),
+        parameters, target and Adam's moments move from the raveled vector to the kernels' slab for
+        the loop, and back after it: the same numbers, padded with zeros that stay zero.
         The optimizer's scalars of every update are worked out before the loop (`_optimizer_schedule`),
         and each update writes its loss and TD errors in place: no small kernels between the updates.
         Returns the learner, the `[updates_per_step]` losses and the TD errors (None unless prioritized).
         """
-        layout = fused_update.SlabLayout(self.network, self.obs_size, params)
+        layout = self.slab_layout
         num_updates, batch_size = self.config.updates_per_step, self.local_batch
         blocks = batch_size // fused_update.block_shape(batch_size)[0]
         interpret = self.update_kernel == "interpret"
 
-        def moved(convert, size: int):  # params, target and Adam's mu and nu: the vectors of `size` values
-            return lambda leaf: convert(leaf) if leaf.shape == (size,) else leaf
-
-        learner = jax.tree.map(moved(layout.to_slab, layout.size), learner)
+        if not in_slab:
+            learner = jax.tree.map(layout.leaf_to_slab, learner)
         kernel_batches = fused_update.kernel_batches(batches, layout.obs_rows)
         scalars, opt_state = self._optimizer_schedule(learner, hparams, active)
         adam = opt_state[1].inner_state[0]
@@ -402,7 +442,8 @@ class DQN:
             inner_state=(adam._replace(mu=mu, nu=nu), *opt_state[1].inner_state[1:])))
         learner = FlatLearner(params, target_params, opt_state,
                               jnp.where(active, learner.updates + num_updates, learner.updates))
-        learner = jax.tree.map(moved(layout.from_slab, layout.rows * layout.width), learner)
+        if not in_slab:
+            learner = jax.tree.map(layout.leaf_from_slab, learner)
         step_losses = jnp.sum(losses.reshape(num_updates, blocks), axis=1)
         return learner, step_losses, errors.reshape(num_updates, batch_size) if self.config.prioritized else None
 
@@ -451,7 +492,7 @@ class DQN:
         """Acts on every env, stores the transitions, and learns once enough are collected."""
         key, act_key, env_key, learn_key = jax.random.split(state.key, 4)
         epsilon = self.epsilon(state.iteration, state.hparams)
-        action = self.select_actions(state.params, state.obs, act_key, epsilon)
+        action = self.select_actions(state.params, state.obs, act_key, epsilon, slab=state.slab)
         next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
             self.env.step, in_axes=(0, 0, 0, None)
         )(jax.random.split(env_key, self.local_envs), state.env_state, action, self.env_params)
@@ -495,7 +536,16 @@ class DQN:
         return state, metrics
 
     def run_chunk(self, state: TrainerState, num_iterations: int) -> tuple[TrainerState, ChunkMetrics]:
-        """`num_iterations` train steps in one `lax.scan` (the jit boundary); returns summed metrics."""
+        """`num_iterations` train steps in one `lax.scan` (the jit boundary); returns summed metrics.
+
+        With the fused kernels (`uses_slab`) the learner is in their slab layout for the whole chunk:
+        no conversion in each vector step, no operand padding for acting.
+        """
+        unravel = None
+        if self.uses_slab:
+            unravel = jax.flatten_util.ravel_pytree(state.params)[1]
+            state = self.to_slab(state)
+
         def step(carry, _):  # the sums travel in the loop: no per-step metrics written out and summed after
             state, totals = carry
             state, metrics = self.train_step(state)
@@ -506,6 +556,8 @@ class DQN:
         zero = StepMetrics(loss_sum=zero_float, num_updates=zero_int, return_sum=zero_float, length_sum=zero_int,
                            num_episodes=zero_int)
         (state, totals), _ = jax.lax.scan(step, (state, zero), None, length=num_iterations)
+        if unravel is not None:
+            state = self.from_slab(state, unravel)
         if self.collective_axis is not None:  # episodes finish on every device, and each has its own losses
             episodes = jax.lax.psum((totals.return_sum, totals.length_sum, totals.num_episodes),
                                     self.collective_axis)

@@ -107,23 +107,49 @@ def _mix32(x: jnp.ndarray) -> jnp.ndarray:
     return x ^ (x >> 16)
 
 
-def _make_kernel(widths: tuple[int, ...], layer_norm: bool, num_actions: int, block_rows: int, operand_type):
-    def dot(x, weights):
-        return jnp.dot(x.astype(operand_type), weights.astype(operand_type), preferred_element_type=jnp.float32)
+def _slab_parameters(layout, slab_ref):
+    """The kernel's parameters in `_kernel_operands`' order, read from a `jaxdqn.fused_update.SlabLayout` slab.
+
+    The output kernel comes transposed (`[actions, width]`) and the padded actions' bias is 0, not `NEVER`.
+    """
+    def rows(layer: str, name: str, columns: int | None = None):
+        block = layout.blocks[(layer, name)]
+        return slab_ref[pl.ds(block.start, block.rows), pl.ds(0, columns or layout.width)]
+
+    hidden = len(layout.network.hidden_sizes)
+    for index in range(hidden):
+        yield rows(f"Dense_{index}", "kernel")
+        yield rows(f"Dense_{index}", "bias")
+        if layout.network.layer_norm:
+            yield rows(f"LayerNorm_{index}", "scale")
+            yield rows(f"LayerNorm_{index}", "bias")
+    yield rows(f"Dense_{hidden}", "kernel")
+    yield rows(f"Dense_{hidden}", "bias", layout.action_rows)
+
+
+def _make_kernel(widths: tuple[int, ...], layer_norm: bool, num_actions: int, block_rows: int, operand_type,
+                 slab_layout=None):
+    def dot(x, weights, transposed: bool = False):
+        return jax.lax.dot_general(x.astype(operand_type), weights.astype(operand_type),
+                                   (((1,), (1 if transposed else 0,)), ((), ())), preferred_element_type=jnp.float32)
 
     def kernel(obs_ref, seed_ref, epsilon_ref, *refs):
         *parameter_refs, action_ref = refs
-        parameters = iter(parameter_refs)
+        if slab_layout is None:
+            parameters = (ref[...] for ref in parameter_refs)
+        else:
+            parameters = _slab_parameters(slab_layout, parameter_refs[0])
         x = obs_ref[...]
         for width in widths:
-            x = dot(x, next(parameters)[...]) + next(parameters)[...]
+            x = dot(x, next(parameters)) + next(parameters)
             if layer_norm:  # statistics over the real width: the padded columns are zeros
                 mean = jnp.sum(x, axis=1)[:, None] / width
                 variance = jnp.maximum(jnp.sum(x * x, axis=1)[:, None] / width - mean * mean, 0.0)
-                x = (x - mean) * jax.lax.rsqrt(variance + LAYER_NORM_EPSILON) * next(parameters)[...] \
-                    + next(parameters)[...]
+                x = (x - mean) * jax.lax.rsqrt(variance + LAYER_NORM_EPSILON) * next(parameters) + next(parameters)
             x = jnp.maximum(x, 0.0)
-        q_values = dot(x, next(parameters)[...]) + next(parameters)[...]
+        q_values = dot(x, next(parameters), transposed=slab_layout is not None) + next(parameters)
+        if slab_layout is not None:  # padded actions never win
+            q_values = jnp.where(jnp.arange(q_values.shape[1])[None, :] < num_actions, q_values, NEVER)
         greedy = jnp.argmax(q_values, axis=1).astype(jnp.int32)
         row = (pl.program_id(0) * block_rows + jnp.arange(block_rows, dtype=jnp.int32)).astype(jnp.uint32)
         seed = seed_ref[...]
@@ -137,11 +163,13 @@ def _make_kernel(widths: tuple[int, ...], layer_norm: bool, num_actions: int, bl
 
 
 def epsilon_greedy_actions(network: MLPQNetwork, params, obs: jnp.ndarray, key: jax.Array, epsilon,
-                           precision: str = "float32", interpret: bool = False) -> jnp.ndarray:
+                           precision: str = "float32", interpret: bool = False, slab_layout=None) -> jnp.ndarray:
     """Epsilon-greedy actions `[batch]` int32 of `network` on `obs` as one kernel (`interpret`: on any backend).
 
     With probability `epsilon` a row's action is uniform over the actions, else
     `argmax_a network.apply(params, obs)[:, a]` with `precision` operands (see the module docstring).
+    `params` is the network's parameter tree or, with `slab_layout` (a `jaxdqn.fused_update.SlabLayout`),
+    the flat slab of the trainer's fused update, which the kernel reads as it is: no operand to pad.
     """
     batch = obs.shape[0]
     x = obs.astype(jnp.float32).reshape(batch, -1)
@@ -150,11 +178,14 @@ def epsilon_greedy_actions(network: MLPQNetwork, params, obs: jnp.ndarray, key: 
     rows = -(-batch // block_rows) * block_rows
     x = _pad_to(x, (rows, _padded(obs_size)))
     exploration = [jax.random.bits(key, (1,), jnp.uint32), jnp.reshape(epsilon, (1,)).astype(jnp.float32)]
-    operands = _kernel_operands(network, params, obs_size)
+    if slab_layout is None:
+        operands = _kernel_operands(network, params, obs_size)
+    else:
+        operands = [params.reshape(slab_layout.rows, slab_layout.width)]
     whole = lambda operand: pl.BlockSpec(operand.shape, lambda block: (0,) * operand.ndim)  # noqa: E731
     actions = pl.pallas_call(
         _make_kernel(tuple(network.hidden_sizes), network.layer_norm, network.num_actions, block_rows,
-                     PRECISIONS[precision]),
+                     PRECISIONS[precision], slab_layout),
         # Under shard_map the actions vary over the devices exactly as the observations do.
         out_shape=jax.ShapeDtypeStruct((rows,), jnp.int32, manual_axis_type=jax.typeof(x).manual_axis_type),
         grid=(rows // block_rows,),

@@ -144,6 +144,14 @@ class SlabLayout:
         """`to_slab`'s inverse (padded entries dropped)."""
         return slab[self.slab_of_ravel]
 
+    def leaf_to_slab(self, leaf: jnp.ndarray) -> jnp.ndarray:
+        """`to_slab` for a leaf of the learner (parameters, target, Adam's moments); other leaves (counts) kept."""
+        return self.to_slab(leaf) if leaf.shape == (self.size,) else leaf
+
+    def leaf_from_slab(self, leaf: jnp.ndarray) -> jnp.ndarray:
+        """`from_slab` for a leaf of the learner; other leaves kept."""
+        return self.from_slab(leaf) if leaf.shape == (self.rows * self.width,) else leaf
+
 
 def _index_tree(params):
     """`params`' tree with each leaf replaced by its elements' positions in `ravel_pytree`'s vector."""

@@ -189,3 +189,27 @@ def test_agents_vmapped_learn_the_same_with_the_kernel(small_config):
                  states["interpret"].params)
     first = states["interpret"].params["params"]["Dense_0"]["kernel"]
     assert not np.allclose(first[0], first[1])  # two agents, two different networks
+
+
+def test_a_chunk_with_both_kernels_keeps_the_slab_inside_and_matches_xla(small_config):
+    """With acting and learning both kernels, `run_chunk` keeps the learner in the slab layout for the
+    chunk (acting reads the slab too) and hands back the parameter trees: the same numbers as XLA's path
+    (greedy acting, so that both paths store the same transitions)."""
+    config = small_config(num_envs=16, buffer_size=16 * 8, hidden_sizes=(32, 32), batch_size=32, updates_per_step=2,
+                          learning_starts=32, eps=0.0, min_eps=0.0)
+    results = {}
+    for kernels in (None, "interpret"):
+        dqn = make_dqn(config)
+        dqn.acting_kernel = dqn.update_kernel = kernels
+        assert dqn.uses_slab == (kernels is not None)
+        initial = dqn.init(jax.random.key(0), config.hparams)
+        state, metrics = jax.jit(lambda state: dqn.run_chunk(state, num_iterations=4))(initial)
+        assert not state.slab and jax.tree.structure(state) == jax.tree.structure(initial)
+        results[kernels] = state, metrics
+    (xla, xla_metrics), (kernel, kernel_metrics) = results[None], results["interpret"]
+    np.testing.assert_array_equal(xla.buffer.data.action, kernel.buffer.data.action)
+    assert int(kernel.updates) == 3 * config.updates_per_step
+    for name in ("params", "target_params", "opt_state"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), getattr(xla, name),
+                     getattr(kernel, name))
+    np.testing.assert_allclose(kernel_metrics.loss, xla_metrics.loss, rtol=1e-4)
