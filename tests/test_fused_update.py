@@ -171,20 +171,18 @@ def test_training_steps_learn_the_same_with_the_kernel(small_config, overrides):
         np.testing.assert_allclose(xla.buffer.priority, kernel.buffer.priority, rtol=1e-4)
 
 
-def test_agents_vmapped_learn_the_same_with_the_kernel(small_config):
-    """Two agents in one program (`jax.vmap`, as `jaxdqn.population` runs them) through the kernels."""
+def test_agents_vmapped_learn_the_same_with_the_kernels(small_config):
+    """Two agents in one program (`jax.vmap` over `run_chunk`, as `jaxdqn.population` runs them) through
+    both kernels and the slab layout, against XLA's path (greedy acting: the same transitions)."""
     config = small_config(num_envs=16, buffer_size=16 * 8, hidden_sizes=(32,), batch_size=16, updates_per_step=2,
-                          learning_starts=16)
+                          learning_starts=16, eps=0.0, min_eps=0.0)
     hparams = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), config.hparams)
     states = {}
-    for update_kernel in (None, "interpret"):
+    for kernels in (None, "interpret"):
         dqn = make_dqn(config)
-        dqn.update_kernel = update_kernel
+        dqn.acting_kernel = dqn.update_kernel = kernels
         state = jax.vmap(dqn.init)(jax.random.split(jax.random.key(0), 2), hparams)
-        step = jax.jit(jax.vmap(dqn.train_step))
-        for _ in range(3):
-            state = step(state)[0]
-        states[update_kernel] = state
+        states[kernels] = jax.jit(jax.vmap(lambda state: dqn.run_chunk(state, num_iterations=3)[0]))(state)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), states[None].params,
                  states["interpret"].params)
     first = states["interpret"].params["params"]["Dense_0"]["kernel"]
