@@ -27,7 +27,9 @@ choices are as random as the trainer needs (tested for their frequencies), but n
 Any other network (dueling heads, convolutions, other classes, weights too large for shared memory)
 keeps XLA's path (`supports`). Widths and the observation size are zero-padded to powers of two of
 at least 16 (the matrix-product tile of Triton); padded actions get a bias of -1e30 so that they
-never win.
+never win. Inside the trainer's chunks, when the update is fused too, the kernel instead reads the
+parameters straight from the update's slab (`jaxdqn.fused_update.SlabLayout`), already padded, and
+masks the padded actions itself: no operand is padded per vector step.
 """
 
 from __future__ import annotations
