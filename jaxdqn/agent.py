@@ -51,7 +51,7 @@ class TrainerState(struct.PyTreeNode):
     """Everything the training loop carries; one device's share of it.
 
     Between chunks `params` and `target_params` are the network's parameter trees. Inside a chunk of
-    the fused kernels (`DQN.slab`), they and Adam's moments are flat slabs of `jaxdqn.fused_update`,
+    the fused kernels (`DQN.uses_slab`), they and Adam's moments are flat slabs of `jaxdqn.fused_update`,
     which acting and learning read as they are, and `slab` is True (`DQN.run_chunk` converts both ways).
     """
 
@@ -190,17 +190,13 @@ class DQN:
 
     def to_slab(self, state: TrainerState) -> TrainerState:
         """`state` with parameters, target and Adam's moments as flat slabs (`TrainerState.slab`)."""
-        layout = self.slab_layout
-        as_slab = lambda tree: layout.to_slab(jax.flatten_util.ravel_pytree(tree)[0])  # noqa: E731
-        return state.replace(params=as_slab(state.params), target_params=as_slab(state.target_params),
-                             opt_state=jax.tree.map(layout.leaf_to_slab, state.opt_state), slab=True)
+        learner = jax.tree.map(self.slab_layout.leaf_to_slab, flat_learner(state)[0])
+        return with_learner(state.replace(slab=True), learner, None)
 
     def from_slab(self, state: TrainerState, unravel) -> TrainerState:
         """`to_slab`'s inverse; `unravel` rebuilds the parameter tree from its raveled vector."""
-        layout = self.slab_layout
-        return state.replace(params=unravel(layout.from_slab(state.params)),
-                             target_params=unravel(layout.from_slab(state.target_params)),
-                             opt_state=jax.tree.map(layout.leaf_from_slab, state.opt_state), slab=False)
+        learner = jax.tree.map(self.slab_layout.leaf_from_slab, flat_learner(state)[0])
+        return with_learner(state.replace(slab=False), learner, unravel)
 
     def init(self, key: jax.Array, hparams: HParams) -> TrainerState:
         """Builds the initial state. Parameters depend on `key` only, so they match on every device."""
@@ -543,7 +539,7 @@ class DQN:
         """
         unravel = None
         if self.uses_slab:
-            unravel = jax.flatten_util.ravel_pytree(state.params)[1]
+            unravel = flat_learner(state)[1]
             state = self.to_slab(state)
 
         def step(carry, _):  # the sums travel in the loop: no per-step metrics written out and summed after

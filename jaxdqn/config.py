@@ -77,9 +77,9 @@ class TrainConfig:
                            "Q = V + A - mean(A) (Wang et al. 2016)")
     fused_acting: bool = _field(True, "on GPUs, run the acting forward pass of the default MLP Q-network as "
                                 "one fused kernel (jaxdqn.fused_acting); --no-fused_acting: XLA's kernels")
-    fused_update: bool = _field(True, "on GPUs, compute each gradient update's loss and gradient of the default "
-                                "MLP Q-network in one fused kernel (jaxdqn.fused_update); --no-fused_update: "
-                                "XLA's kernels")
+    fused_update: bool = _field(True, "on GPUs, run each gradient update of the default MLP Q-network as three "
+                                "fused kernels: loss and gradient, gradient sum, clipping + Adam + target update "
+                                "(jaxdqn.fused_update); --no-fused_update: XLA's kernels")
     acting_precision: str = _field("float32", "operand type of the fused acting kernel's matrix products: "
                                    "float32 or bfloat16 (faster acting, but CartPole learned less reliably with "
                                    "it; accumulation, learning and evaluation stay float32)")

@@ -64,8 +64,14 @@ def block_shape(batch: int) -> tuple[int, int]:
     return rows, 8 if rows == 256 else 4
 
 
-def _padded(size: int) -> int:
+def padded_size(size: int) -> int:
+    """`size` rounded up to a power of two of at least 16: the kernels' padded widths."""
     return max(16, int(pl.next_power_of_2(size)))
+
+
+def whole_block(operand) -> pl.BlockSpec:
+    """A block that is the whole of `operand`, read by every instance of a one-dimensional grid."""
+    return pl.BlockSpec(operand.shape, lambda instance: (0,) * operand.ndim)
 
 
 def supports(network, obs_size: int) -> bool:
@@ -75,7 +81,7 @@ def supports(network, obs_size: int) -> bool:
     """
     if type(network) is not MLPQNetwork or network.dueling or not network.hidden_sizes:
         return False
-    sizes = [_padded(obs_size), *map(_padded, network.hidden_sizes), _padded(network.num_actions)]
+    sizes = [padded_size(obs_size), *map(padded_size, network.hidden_sizes), padded_size(network.num_actions)]
     matrices = [rows * columns for rows, columns in zip(sizes, sizes[1:])]
     return max(sizes) <= MAX_WIDTH and sum(matrices) <= MAX_WEIGHTS
 
@@ -87,9 +93,9 @@ def _pad_to(array: jnp.ndarray, shape: tuple[int, ...], value: float = 0.0) -> j
 def _kernel_operands(network: MLPQNetwork, params, obs_size: int) -> list[jnp.ndarray]:
     """The layers' parameters, padded, in the kernel's argument order; biases and norms as `[1, width]` rows."""
     layers = params["params"]
-    operands, rows = [], _padded(obs_size)
+    operands, rows = [], padded_size(obs_size)
     for index, width in enumerate(network.hidden_sizes):
-        columns = _padded(width)
+        columns = padded_size(width)
         dense = layers[f"Dense_{index}"]
         operands += [_pad_to(dense["kernel"], (rows, columns)), _pad_to(dense["bias"][None], (1, columns))]
         if network.layer_norm:  # zero scale and shift keep the padded columns at zero after normalising
@@ -97,7 +103,7 @@ def _kernel_operands(network: MLPQNetwork, params, obs_size: int) -> list[jnp.nd
             operands += [_pad_to(norm["scale"][None], (1, columns)), _pad_to(norm["bias"][None], (1, columns))]
         rows = columns
     output = layers[f"Dense_{len(network.hidden_sizes)}"]
-    actions = _padded(network.num_actions)
+    actions = padded_size(network.num_actions)
     return operands + [_pad_to(output["kernel"], (rows, actions)),
                        _pad_to(output["bias"][None], (1, actions), value=NEVER)]
 
@@ -114,19 +120,15 @@ def _slab_parameters(layout, slab_ref):
 
     The output kernel comes transposed (`[actions, width]`) and the padded actions' bias is 0, not `NEVER`.
     """
-    def rows(layer: str, name: str, columns: int | None = None):
-        block = layout.blocks[(layer, name)]
-        return slab_ref[pl.ds(block.start, block.rows), pl.ds(0, columns or layout.width)]
-
     hidden = len(layout.network.hidden_sizes)
     for index in range(hidden):
-        yield rows(f"Dense_{index}", "kernel")
-        yield rows(f"Dense_{index}", "bias")
+        yield layout.read(slab_ref, f"Dense_{index}", "kernel")
+        yield layout.read(slab_ref, f"Dense_{index}", "bias")
         if layout.network.layer_norm:
-            yield rows(f"LayerNorm_{index}", "scale")
-            yield rows(f"LayerNorm_{index}", "bias")
-    yield rows(f"Dense_{hidden}", "kernel")
-    yield rows(f"Dense_{hidden}", "bias", layout.action_rows)
+            yield layout.read(slab_ref, f"LayerNorm_{index}", "scale")
+            yield layout.read(slab_ref, f"LayerNorm_{index}", "bias")
+    yield layout.read(slab_ref, f"Dense_{hidden}", "kernel")
+    yield layout.read(slab_ref, f"Dense_{hidden}", "bias", layout.action_rows)
 
 
 def _make_kernel(widths: tuple[int, ...], layer_norm: bool, num_actions: int, block_rows: int, operand_type,
@@ -178,13 +180,12 @@ def epsilon_greedy_actions(network: MLPQNetwork, params, obs: jnp.ndarray, key: 
     obs_size = x.shape[1]
     block_rows, num_warps = block_shape(batch)
     rows = -(-batch // block_rows) * block_rows
-    x = _pad_to(x, (rows, _padded(obs_size)))
+    x = _pad_to(x, (rows, padded_size(obs_size)))
     exploration = [jax.random.bits(key, (1,), jnp.uint32), jnp.reshape(epsilon, (1,)).astype(jnp.float32)]
     if slab_layout is None:
         operands = _kernel_operands(network, params, obs_size)
     else:
         operands = [params.reshape(slab_layout.rows, slab_layout.width)]
-    whole = lambda operand: pl.BlockSpec(operand.shape, lambda block: (0,) * operand.ndim)  # noqa: E731
     actions = pl.pallas_call(
         _make_kernel(tuple(network.hidden_sizes), network.layer_norm, network.num_actions, block_rows,
                      PRECISIONS[precision], slab_layout),
@@ -192,7 +193,7 @@ def epsilon_greedy_actions(network: MLPQNetwork, params, obs: jnp.ndarray, key: 
         out_shape=jax.ShapeDtypeStruct((rows,), jnp.int32, manual_axis_type=jax.typeof(x).manual_axis_type),
         grid=(rows // block_rows,),
         in_specs=[pl.BlockSpec((block_rows, x.shape[1]), lambda block: (block, 0)),
-                  *map(whole, exploration), *map(whole, operands)],  # every block reads these whole
+                  *map(whole_block, exploration), *map(whole_block, operands)],  # every block reads these whole
         out_specs=pl.BlockSpec((block_rows,), lambda block: (block,)),
         interpret=interpret,
         compiler_params=triton.CompilerParams(num_warps=num_warps),

@@ -39,7 +39,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton
 
-from jaxdqn.fused_acting import LAYER_NORM_EPSILON, MAX_WIDTH
+from jaxdqn.fused_acting import LAYER_NORM_EPSILON, MAX_WIDTH, padded_size, whole_block
 from jaxdqn.networks import MLPQNetwork
 
 MIN_ROWS = 16  # the smallest block of the batch one kernel instance takes (Triton's smallest matrix tile)
@@ -51,17 +51,13 @@ SCALARS = 16  # per-update scalars of `adam_step`, padded to a power of two
 UNROLL = 4
 
 
-def _padded(size: int) -> int:
-    return max(16, int(pl.next_power_of_2(size)))
-
-
 def supports(network, obs_size: int, batch_size: int) -> bool:
     """Whether `loss_and_gradient` runs this network on batches of `batch_size` (else XLA's kernels)."""
     if type(network) is not MLPQNetwork or network.dueling or not network.hidden_sizes:
         return False
-    widths = {_padded(width) for width in network.hidden_sizes}
-    return (len(widths) == 1 and max(widths) <= MAX_WIDTH and _padded(obs_size) <= MAX_WIDTH
-            and _padded(network.num_actions) <= MAX_WIDTH and batch_size >= MIN_ROWS
+    widths = {padded_size(width) for width in network.hidden_sizes}
+    return (len(widths) == 1 and max(widths) <= MAX_WIDTH and padded_size(obs_size) <= MAX_WIDTH
+            and padded_size(network.num_actions) <= MAX_WIDTH and batch_size >= MIN_ROWS
             and batch_size & (batch_size - 1) == 0)  # kernel instances: a power of two of them
 
 
@@ -97,9 +93,9 @@ class SlabLayout:
 
     def __init__(self, network: MLPQNetwork, obs_size: int, params):
         self.network = network
-        self.width = _padded(network.hidden_sizes[0])
-        self.obs_rows = _padded(obs_size)
-        self.action_rows = _padded(network.num_actions)
+        self.width = padded_size(network.hidden_sizes[0])
+        self.obs_rows = padded_size(obs_size)
+        self.action_rows = padded_size(network.num_actions)
         blocks, start = [], 0
 
         def add(layer: str, name: str, rows: int, transposed: bool = False):
@@ -144,6 +140,12 @@ class SlabLayout:
         """`to_slab`'s inverse (padded entries dropped)."""
         return slab[self.slab_of_ravel]
 
+    def read(self, slab_ref, layer: str, name: str, columns: int | None = None) -> jnp.ndarray:
+        """Inside a kernel: the block of parameter `name` of `layer` from `slab_ref` (`[rows, width]`), its
+        first `columns` columns (default all)."""
+        block = self.blocks[(layer, name)]
+        return slab_ref[pl.ds(block.start, block.rows), pl.ds(0, columns or self.width)]
+
     def leaf_to_slab(self, leaf: jnp.ndarray) -> jnp.ndarray:
         """`to_slab` for a leaf of the learner (parameters, target, Adam's moments); other leaves (counts) kept."""
         return self.to_slab(leaf) if leaf.shape == (self.size,) else leaf
@@ -173,8 +175,7 @@ def _make_kernel(layout: SlabLayout, batch_size: int, block_rows: int, double: b
     def rows_of(ref, layer: str, name: str, columns: int | None = None):
         key = (id(ref), layer, name, columns)
         if key not in loaded:
-            block = layout.blocks[(layer, name)]
-            loaded[key] = ref[pl.ds(block.start, block.rows), pl.ds(0, columns or width)]
+            loaded[key] = layout.read(ref, layer, name, columns)
         return loaded[key]
 
     def dot(a, b, contract=(1, 0)):
@@ -298,7 +299,6 @@ def loss_and_gradient(layout: SlabLayout, params: jnp.ndarray, target_params: jn
     slab_shape = (layout.rows, layout.width)
     weighted = batches.weight is not None
     weight = batches.weight if weighted else batches.reward  # not read when unweighted
-    whole = lambda operand: pl.BlockSpec(operand.shape, lambda block: (0,) * operand.ndim)  # noqa: E731
     inputs = [params.reshape(slab_shape), target_params.reshape(slab_shape), batches.obs, batches.next_obs,
               batches.action, batches.reward, batches.discount, weight, index, losses, errors]
     # Under shard_map the outputs vary over the devices exactly as the batches do.
@@ -308,8 +308,9 @@ def loss_and_gradient(layout: SlabLayout, params: jnp.ndarray, target_params: jn
         _make_kernel(layout, batch_size, block_rows, double, loss, weighted),
         out_shape=[output(jax.ShapeDtypeStruct((blocks, *slab_shape), jnp.float32)), output(losses), output(errors)],
         grid=(blocks,),
-        in_specs=list(map(whole, inputs)),
-        out_specs=[pl.BlockSpec((None, *slab_shape), lambda block: (block, 0, 0)), whole(losses), whole(errors)],
+        in_specs=list(map(whole_block, inputs)),
+        out_specs=[pl.BlockSpec((None, *slab_shape), lambda block: (block, 0, 0)), whole_block(losses),
+                   whole_block(errors)],
         input_output_aliases={9: 1, 10: 2},
         interpret=interpret,
         compiler_params=triton.CompilerParams(num_warps=num_warps),
@@ -388,7 +389,6 @@ def adam_step(partial_gradients: jnp.ndarray, scalars: jnp.ndarray, index: jnp.n
     chunks = size // CHUNK
     instances = int(pl.next_power_of_2(chunks))  # Triton's arrays have power-of-two sizes: the squares too
     vector = pl.BlockSpec((CHUNK,), lambda chunk: (chunk,))
-    whole = lambda operand: pl.BlockSpec(operand.shape, lambda chunk: (0,) * operand.ndim)  # noqa: E731
     varying = jax.typeof(params).manual_axis_type  # under shard_map: as the parameters
     last = lambda chunk: jnp.minimum(chunk, chunks - 1)  # noqa: E731
     gradient, squares = pl.pallas_call(
@@ -406,7 +406,7 @@ def adam_step(partial_gradients: jnp.ndarray, scalars: jnp.ndarray, index: jnp.n
         _adam_kernel,
         out_shape=[jax.ShapeDtypeStruct((size,), jnp.float32, manual_axis_type=varying)] * 4,
         grid=(chunks,),
-        in_specs=[vector, whole(squares), whole(scalars), whole(index)] + [vector] * 4,
+        in_specs=[vector, whole_block(squares), whole_block(scalars), whole_block(index)] + [vector] * 4,
         out_specs=[vector] * 4,
         input_output_aliases={4: 0, 5: 1, 6: 2, 7: 3},
         interpret=interpret,
