@@ -206,7 +206,7 @@ def act_once(dqn, state, key):
     next_obs, env_state, reward, terminated, truncated, info = jax.vmap(dqn.env.step, in_axes=(0, 0, 0, None))(
         jax.random.split(env_key, dqn.local_envs), state.env_state, action, dqn.env_params)
     # Store what the trainer's buffer stores (`truncated` only where it keeps it, for n-step returns).
-    extra = {"truncated": truncated} if getattr(state.buffer.data, "truncated", None) is not None else {}
+    extra = {"truncated": truncated} if dqn.config.n_step > 1 else {}
     transition = replay.Transition(obs=state.obs, action=action, reward=reward.astype(jnp.float32),
                                    next_obs=info["final_observation"], terminated=terminated, **extra)
     return state.replace(buffer=replay.add(state.buffer, transition), env_state=env_state, obs=next_obs,

@@ -6,6 +6,12 @@ oldest row is overwritten once the buffer is full. Sampling draws uniformly amon
 The next observation is stored beside the observation, because at an episode's end it is the
 environment's final observation (gymnax's `info["final_observation"]`), not the reset one.
 
+With float32 observations (CartPole, Acrobot, most ported simulators) a transition is packed into one
+float32 row `[obs, next_obs, action, reward, terminated(, truncated)]` (`PackedLayout`): a vector step
+is then one write and a batch one gather, instead of one of each per field. Actions and flags are
+exact in float32. Other observations (MinAtar's booleans) keep one array per field, at their own
+dtype. `ReplayBuffer.transitions` and `ReplayBuffer.take` give the fields in either layout.
+
 Two Rainbow components (Hessel et al. 2018) live here too:
 
 - n-step returns (Sutton 1988, "Learning to Predict by the Methods of Temporal Differences"): a
@@ -24,6 +30,10 @@ Two Rainbow components (Hessel et al. 2018) live here too:
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,22 +56,86 @@ class Transition:
     truncated: jnp.ndarray | None = None  # bool: a time-limit end; stored only for n-step returns
 
 
+@dataclasses.dataclass(frozen=True)
+class PackedLayout:
+    """The columns of a transition packed into one float32 row: obs, next_obs, action, reward, terminated
+    and, for n-step returns, truncated. Observations are flattened; their shape is restored on unpacking."""
+
+    obs_shape: tuple[int, ...]
+    action_dtype: str
+    truncated: bool
+
+    @staticmethod
+    def fits(example: Transition) -> bool:
+        """Whether `example`'s transitions pack without loss: float32 observations (actions and flags always do)."""
+        return example.obs.dtype == jnp.float32 and example.next_obs.dtype == jnp.float32
+
+    @classmethod
+    def of(cls, example: Transition) -> PackedLayout:
+        """The layout of `example` (leaves `[num_envs, ...]`)."""
+        return cls(tuple(example.obs.shape[1:]), jnp.dtype(example.action.dtype).name, example.truncated is not None)
+
+    @property
+    def obs_size(self) -> int:
+        return math.prod(self.obs_shape)
+
+    @property
+    def width(self) -> int:
+        return 2 * self.obs_size + 3 + self.truncated
+
+    def pack(self, transition: Transition) -> jnp.ndarray:
+        """`[..., width]` float32 rows of `transition` (leaves `[..., *obs_shape]` and `[...]`)."""
+        lead = transition.action.shape
+        columns = [transition.obs.reshape(*lead, self.obs_size), transition.next_obs.reshape(*lead, self.obs_size),
+                   transition.action[..., None], transition.reward[..., None], transition.terminated[..., None]]
+        if self.truncated:
+            columns.append(transition.truncated[..., None])
+        return jnp.concatenate([column.astype(jnp.float32) for column in columns], axis=-1)
+
+    def unpack(self, rows: jnp.ndarray) -> Transition:
+        """The transition whose packed rows are `rows` (`[..., width]`)."""
+        size, lead = self.obs_size, rows.shape[:-1]
+        flag = lambda column: rows[..., column] != 0.0  # noqa: E731  (stored as exactly 0.0 or 1.0)
+        return Transition(
+            obs=rows[..., :size].reshape(*lead, *self.obs_shape),
+            next_obs=rows[..., size:2 * size].reshape(*lead, *self.obs_shape),
+            action=rows[..., 2 * size].astype(self.action_dtype),
+            reward=rows[..., 2 * size + 1],
+            terminated=flag(2 * size + 2),
+            truncated=flag(2 * size + 3) if self.truncated else None,
+        )
+
+
 @struct.dataclass
 class ReplayBuffer:
-    data: Transition  # leaves shaped [rows, num_envs, ...]
+    # What is stored, leaves `[rows, num_envs, ...]`: a Transition (`layout` None), or one float32
+    # `[rows, num_envs, layout.width]` array of packed transitions.
+    data: Any
     next_row: jnp.ndarray  # int32: the row the next insert writes
     filled_rows: jnp.ndarray  # int32: rows holding data, up to rows
     # Prioritized replay only (None otherwise):
     priority: jnp.ndarray | None = None  # [rows, num_envs] float32 p_i = (|delta_i| + eps)^alpha; 0 if empty
     max_priority: jnp.ndarray | None = None  # float32: the largest priority given so far (new slots get it)
+    layout: PackedLayout | None = struct.field(pytree_node=False, default=None)
 
     @property
     def rows(self) -> int:
-        return self.data.action.shape[0]
+        return jax.tree.leaves(self.data)[0].shape[0]
 
     @property
     def num_envs(self) -> int:
-        return self.data.action.shape[1]
+        return jax.tree.leaves(self.data)[0].shape[1]
+
+    @property
+    def transitions(self) -> Transition:
+        """Every slot's transition, leaves `[rows, num_envs, ...]`, whatever the layout."""
+        return self.data if self.layout is None else self.layout.unpack(self.data)
+
+    def take(self, rows: jnp.ndarray, envs: jnp.ndarray) -> Transition:
+        """The transitions at slots `(rows, envs)` (index arrays of one shape): one gather when packed."""
+        if self.layout is None:
+            return jax.tree.map(lambda store: store[rows, envs], self.data)
+        return self.layout.unpack(self.data[rows, envs])
 
 
 @struct.dataclass
@@ -81,10 +155,21 @@ class Batch:
     weight: jnp.ndarray | None = None  # importance-sampling weights (prioritized replay), else None
 
 
-def init(rows: int, example: Transition, prioritized: bool = False) -> ReplayBuffer:
-    """Allocates a buffer of `rows` vector steps shaped like `example` (leaves `[num_envs, ...]`)."""
-    data = jax.tree.map(lambda leaf: jnp.zeros((rows, *leaf.shape), leaf.dtype), example)
-    buffer = ReplayBuffer(data=data, next_row=jnp.int32(0), filled_rows=jnp.int32(0))
+def init(rows: int, example: Transition, prioritized: bool = False, packed: bool | None = None) -> ReplayBuffer:
+    """Allocates a buffer of `rows` vector steps shaped like `example` (leaves `[num_envs, ...]`).
+
+    `packed`: store packed rows (`PackedLayout`); None: packed whenever the transitions fit.
+    """
+    if packed is None:
+        packed = PackedLayout.fits(example)
+    elif packed and not PackedLayout.fits(example):
+        raise ValueError(f"transitions with {example.obs.dtype} observations do not pack into float32 rows")
+    if packed:
+        layout = PackedLayout.of(example)
+        data = jnp.zeros((rows, example.action.shape[0], layout.width), jnp.float32)
+    else:
+        layout, data = None, jax.tree.map(lambda leaf: jnp.zeros((rows, *leaf.shape), leaf.dtype), example)
+    buffer = ReplayBuffer(data=data, next_row=jnp.int32(0), filled_rows=jnp.int32(0), layout=layout)
     if prioritized:  # p_1 = 1 (Schaul et al., Algorithm 1); empty slots have priority 0
         buffer = buffer.replace(priority=jnp.zeros((rows, example.action.shape[0]), jnp.float32),
                                 max_priority=jnp.float32(1.0))
@@ -93,11 +178,12 @@ def init(rows: int, example: Transition, prioritized: bool = False) -> ReplayBuf
 
 def add(buffer: ReplayBuffer, batch: Transition) -> ReplayBuffer:
     """Writes one vector step (leaves `[num_envs, ...]`) into the next row, wrapping around."""
-    data = jax.tree.map(
-        lambda store, leaf: jax.lax.dynamic_update_index_in_dim(store, leaf.astype(store.dtype), buffer.next_row, 0),
-        buffer.data,
-        batch,
-    )
+    write = lambda store, leaf: jax.lax.dynamic_update_index_in_dim(  # noqa: E731
+        store, leaf.astype(store.dtype), buffer.next_row, 0)
+    if buffer.layout is None:
+        data = jax.tree.map(write, buffer.data, batch)
+    else:
+        data = write(buffer.data, buffer.layout.pack(batch))
     priority = buffer.priority
     if priority is not None:  # new transitions get the largest priority so far
         new = jnp.broadcast_to(buffer.max_priority, priority.shape[1:])
@@ -115,7 +201,7 @@ def add(buffer: ReplayBuffer, batch: Transition) -> ReplayBuffer:
 def sample(buffer: ReplayBuffer, key: jax.Array, batch_shape: int | tuple[int, ...]) -> Transition:
     """Draws transitions uniformly (with replacement) from the filled slots; leaves `[*batch_shape, ...]`."""
     rows, envs = sample_uniform(buffer, key, batch_shape)
-    return jax.tree.map(lambda store: store[rows, envs], buffer.data)
+    return buffer.take(rows, envs)
 
 
 def sample_uniform(buffer: ReplayBuffer, key: jax.Array, batch_shape: int | tuple[int, ...],
@@ -194,23 +280,24 @@ def one_step(transition: Transition, gamma) -> Batch:
 
 def gather_batch(buffer: ReplayBuffer, rows: jnp.ndarray, envs: jnp.ndarray, gamma, n_step: int = 1) -> Batch:
     """The (n-step) batch that starts at slots `(rows, envs)`, any shape; see the module docstring."""
-    data = buffer.data
     if n_step == 1:
-        return one_step(jax.tree.map(lambda store: store[rows, envs], data), gamma)
+        return one_step(buffer.take(rows, envs), gamma)
     steps = (rows[..., None] + jnp.arange(n_step)) % buffer.rows  # [..., n]: the window's rows
-    env = envs[..., None]
-    reward, terminated = data.reward[steps, env], data.terminated[steps, env]
-    ended = terminated | data.truncated[steps, env]
+    window = buffer.take(steps, jnp.broadcast_to(envs[..., None], steps.shape))
+    reward, terminated = window.reward, window.terminated
+    ended = terminated | window.truncated
     counted = (jnp.cumsum(ended, axis=-1) - ended) == 0  # no earlier step of the window ended the episode
     taken = jnp.sum(counted, axis=-1)  # k: steps up to and including the first end, at most n
     last = taken - 1  # the window index of the transition bootstrapped from
     powers = gamma ** jnp.arange(n_step, dtype=jnp.float32)
     bootstrap_terminated = jnp.take_along_axis(terminated, last[..., None], axis=-1)[..., 0]
+    start = buffer.take(rows, envs)  # (fields a layout's gather brings but nothing reads are dropped by XLA)
+    bootstrap_row = jnp.take_along_axis(steps, last[..., None], axis=-1)[..., 0]
     return Batch(
-        obs=data.obs[rows, envs],
-        action=data.action[rows, envs],
+        obs=start.obs,
+        action=start.action,
         reward=jnp.sum(jnp.where(counted, powers * reward, 0.0), axis=-1),
-        next_obs=data.next_obs[jnp.take_along_axis(steps, last[..., None], axis=-1)[..., 0], envs],
+        next_obs=buffer.take(bootstrap_row, envs).next_obs,
         discount=gamma ** taken.astype(jnp.float32) * (1.0 - bootstrap_terminated.astype(jnp.float32)),
     )
 

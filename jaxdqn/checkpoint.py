@@ -54,8 +54,10 @@ from jaxdqn.agent import greedy_actions
 from jaxdqn.config import TrainConfig
 from jaxdqn.registry import ConfigError
 
-FORMAT_VERSION = 2  # 2: the optimizer state is over the parameters raveled into one vector
-RESUMABLE_FORMATS = (2,)  # older formats still evaluate: their `params` item is unchanged
+# 2: the optimizer state is over the parameters raveled into one vector. 3: a replay buffer of float32
+# observations is saved packed (`jaxdqn.buffer.PackedLayout`); format 2 saved it field by field.
+FORMAT_VERSION = 3
+RESUMABLE_FORMATS = (2, 3)  # older formats still evaluate: their `params` item is unchanged
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # how Orbax names a step folder that is still being written
 # Settings that fix the shapes of the saved arrays: a resumed run may not change them.
 SHAPE_FIELDS = ("env", "num_envs", "buffer_size", "hidden_sizes", "layer_norm", "dueling", "n_step", "prioritized")
@@ -417,8 +419,17 @@ def restore_state(checkpoint: Checkpoint, template, num_devices: int):
                           f"whose optimizer state this version cannot resume (it resumes format {FORMAT_VERSION}); "
                           f"python -m jaxdqn.evaluate still evaluates it")
     target = template if checkpoint.buffer_saved else template.replace(buffer=None)
+    layout = template.buffer.layout
+    buffer_by_field = checkpoint.buffer_saved and saved_format < 3 and layout is not None
+    if buffer_by_field:  # restored field by field as format 2 saved it, then packed
+        sharding = template.buffer.data.sharding
+        target = target.replace(buffer=target.buffer.replace(
+            data=jax.jit(layout.unpack, out_shardings=sharding)(template.buffer.data), layout=None))
     restored = _restore_item(checkpoint, "state", _abstract(target))
     restored = jax.device_put(restored, jax.tree.map(lambda leaf: leaf.sharding, target))
+    if buffer_by_field:
+        restored = restored.replace(buffer=restored.buffer.replace(
+            data=jax.jit(layout.pack, out_shardings=sharding)(restored.buffer.data), layout=layout))
     if not checkpoint.buffer_saved:
         restored = restored.replace(buffer=template.buffer)
     return restored.replace(hparams=template.hparams)

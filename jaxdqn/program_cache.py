@@ -162,16 +162,16 @@ def load_or_compile(lowerers: Mapping[str, Callable[[], Any]], devices: Mapping[
 
     Returns:
       `({name: jax.stages.Compiled}, loaded)`; `loaded` is True when nothing was compiled. Tracing is
-      serial (it holds the GIL); XLA compiles the programs in parallel threads.
+      serial (it holds the GIL); XLA compiles each program in a thread of its own as soon as it is
+      traced, while the next one is traced: put the longest compile first.
     """
     path = cache_dir / f"{key}.programs" if cache_dir is not None and key is not None else None
     if path is not None and path.exists():
         loaded = _load(path, devices)
         if loaded is not None:
             return loaded, True
-    lowered = {name: lower() for name, lower in lowerers.items()}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(lowered)) as pool:
-        futures = {name: pool.submit(program.compile) for name, program in lowered.items()}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(lowerers)) as pool:
+        futures = {name: pool.submit(lower().compile) for name, lower in lowerers.items()}
         compiled = {name: future.result() for name, future in futures.items()}
     if path is not None:
         _store(path, compiled)

@@ -111,9 +111,9 @@ class Program:
             return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((1, *leaf.shape[1:]), leaf.dtype,
                                                                   sharding=first_device), abstract_state().params)
 
-        lowerers = {
-            "init": lambda: self.init.lower(seed, hparams),
+        lowerers = {  # the chunk first: its compile is the longest, and the others are traced meanwhile
             "run_chunk": lambda: self.run_chunk.lower(abstract_state()),
+            "init": lambda: self.init.lower(seed, hparams),
             "evaluate": lambda: self.evaluate.lower(params_block(), np.int32(0), np.int32(0)),
         }
         mesh_devices = list(self.mesh.devices.flat)

@@ -189,6 +189,24 @@ def test_save_then_restore_is_bit_identical_and_gives_the_same_greedy_actions(ti
         np.testing.assert_array_equal(jax.jit(policy)(obs), expected)  # jittable
 
 
+def test_a_buffer_saved_field_by_field_by_format_2_resumes_packed(tiny_program, tmp_path):
+    """Format 2 saved each field of the buffer apart; restoring packs it into this version's layout."""
+    config, program = tiny_program
+    state = one_chunk_state(config, program)
+    assert state.buffer.layout is not None  # CartPole's float32 observations are packed
+    by_field = state.replace(buffer=state.buffer.replace(data=state.buffer.transitions, layout=None))
+    saver = tiny_saver(tmp_path / "older", config, save_buffer=True)
+    saver.save(by_field, rows=[], solved_at=None)
+    saver.close()
+    for meta_file in (tmp_path / "older").glob("*/meta/metadata"):  # as format 2 wrote its meta
+        meta_file.write_text(meta_file.read_text().replace(f'"format": {checkpoint.FORMAT_VERSION}', '"format": 2'))
+    found = checkpoint.find(tmp_path / "older")
+    assert found.meta["format"] == 2
+    restored = checkpoint.restore_state(found, initial_state(config, program, seed=99), num_devices=1)
+    assert restored.buffer.layout == state.buffer.layout
+    assert_trees_equal(restored, state)
+
+
 def test_save_returns_once_copied_to_host_and_another_thread_writes_in_order(tiny_program, tmp_path, monkeypatch):
     config, program = tiny_program
     state = one_chunk_state(config, program)
@@ -441,7 +459,7 @@ def damaged(reference, tmp_path_factory) -> dict[str, Path]:
     (folders["deleted_manifest"] / str(TOTAL_STEPS) / "state" / "manifest.ocdbt").unlink()
     shutil.copytree(reference.checkpoints, folders["format_1"])  # as an older jaxdqn wrote its meta
     for meta_file in folders["format_1"].glob("*/meta/metadata"):
-        meta_file.write_text(meta_file.read_text().replace('"format": 2', '"format": 1'))
+        meta_file.write_text(meta_file.read_text().replace(f'"format": {checkpoint.FORMAT_VERSION}', '"format": 1'))
     folders["empty"].mkdir()
     folders["foreign"].mkdir()
     (folders["foreign"] / "notes.txt").write_text("not a checkpoint")

@@ -49,8 +49,8 @@ def test_buffer_wraps_around_and_overwrites_oldest():
     for value in (1.0, 2.0, 3.0, 4.0):
         buf = replay.add(buf, _transition(value))
     # rows hold 4, 2, 3: the fourth insert overwrote the first row
-    np.testing.assert_array_equal(buf.data.reward[:, 0], [4.0, 2.0, 3.0])
-    np.testing.assert_array_equal(buf.data.next_obs[:, 0, 0], [4.5, 2.5, 3.5])
+    np.testing.assert_array_equal(buf.transitions.reward[:, 0], [4.0, 2.0, 3.0])
+    np.testing.assert_array_equal(buf.transitions.next_obs[:, 0, 0], [4.5, 2.5, 3.5])
     assert int(buf.next_row) == 1
     assert int(buf.filled_rows) == 3
 
@@ -64,6 +64,48 @@ def test_buffer_samples_only_filled_slots():
     assert set(np.unique(values)) == {7.0, 9.0}  # never an empty (zero) slot
     assert 0.4 < np.mean(values == 7.0) < 0.6  # uniform over the filled rows
     np.testing.assert_array_equal(np.asarray(batch.next_obs)[:, 0], values + 0.5)  # fields stay aligned
+
+
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_packed_and_field_by_field_buffers_store_and_sample_the_same_transitions(n_step):
+    """Float32 observations are packed into one row per slot (one write, one gather); every field comes
+    back exactly as the field-by-field layout keeps it, through wrap-around, sampling and n-step windows."""
+    num_envs, rows = 4, 5
+    lanes = jnp.arange(num_envs)
+
+    def transition(step: int) -> replay.Transition:
+        obs = jax.random.normal(jax.random.key(step), (num_envs, 2, 3))
+        return replay.Transition(obs=obs, action=(lanes + step) % 3, reward=jnp.float32(step) - lanes / 7,
+                                 next_obs=obs * 2, terminated=(lanes + step) % 4 == 0,
+                                 truncated=(lanes + step) % 3 == 0 if n_step > 1 else None)
+
+    packed, by_field = (replay.init(rows, transition(0), packed=layout) for layout in (True, False))
+    assert packed.layout is not None and by_field.layout is None and replay.init(rows, transition(0)).layout
+    assert packed.data.shape == (rows, num_envs, 2 * 6 + 3 + (n_step > 1))
+    for step in range(1, 8):  # 7 inserts into 5 rows: wraps around
+        packed, by_field = replay.add(packed, transition(step)), replay.add(by_field, transition(step))
+    stored = packed.transitions
+    for field in ("obs", "action", "reward", "next_obs", "terminated", "truncated"):
+        ours, theirs = getattr(stored, field), getattr(by_field.transitions, field)
+        if theirs is None:
+            assert ours is None
+            continue
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        np.testing.assert_array_equal(ours, theirs)
+    starts = replay.sample_uniform(packed, jax.random.key(1), (6, 5), n_step)
+    batches = [replay.gather_batch(buffer, *starts, 0.9, n_step) for buffer in (packed, by_field)]
+    jax.tree.map(np.testing.assert_array_equal, *batches)
+    assert batches[0].action.dtype == jnp.int32
+
+
+def test_boolean_observations_keep_one_array_per_field():
+    example = replay.Transition(obs=jnp.zeros((2, 10, 10, 4), bool), action=jnp.zeros(2, jnp.int32),
+                                reward=jnp.zeros(2), next_obs=jnp.zeros((2, 10, 10, 4), bool),
+                                terminated=jnp.zeros(2, bool))
+    buffer = replay.init(3, example)
+    assert buffer.layout is None and buffer.data.obs.dtype == jnp.bool_
+    with pytest.raises(ValueError, match="do not pack"):
+        replay.init(3, example, packed=True)
 
 
 def test_epsilon_schedule_is_linear_in_env_steps(small_config):
@@ -143,7 +185,7 @@ def test_stored_next_obs_is_the_final_observation(small_config):
     step = jax.jit(dqn.train_step)
     for _ in range(3):
         state, _ = step(state)
-    data = state.buffer.data
+    data = state.buffer.transitions
     # the observation counts steps within the episode; the episode is truncated after 2 steps
     np.testing.assert_array_equal(np.asarray(data.obs[:3, 0, 0]), [0.0, 1.0, 0.0])
     np.testing.assert_array_equal(np.asarray(data.next_obs[:3, 0, 0]), [1.0, 2.0, 1.0])

@@ -107,7 +107,7 @@ def test_training_steps_act_the_same_with_the_kernel(small_config):
         for _ in range(2):
             state = jax.jit(dqn.train_step)(state)[0]
         states[acting_kernel] = state
-    actions = [np.asarray(states[mode].buffer.data.action) for mode in (None, "interpret")]
+    actions = [np.asarray(states[mode].buffer.transitions.action) for mode in (None, "interpret")]
     np.testing.assert_array_equal(actions[0], actions[1])
     assert len(np.unique(actions[0])) > 1  # greedy (epsilon 0) actions of an untrained network, both of them
     np.testing.assert_allclose(np.asarray(states[None].params["params"]["Dense_0"]["kernel"]),

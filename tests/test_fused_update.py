@@ -205,7 +205,7 @@ def test_a_chunk_with_both_kernels_keeps_the_slab_inside_and_matches_xla(small_c
         assert not state.slab and jax.tree.structure(state) == jax.tree.structure(initial)
         results[kernels] = state, metrics
     (xla, xla_metrics), (kernel, kernel_metrics) = results[None], results["interpret"]
-    np.testing.assert_array_equal(xla.buffer.data.action, kernel.buffer.data.action)
+    np.testing.assert_array_equal(xla.buffer.transitions.action, kernel.buffer.transitions.action)
     assert int(kernel.updates) == 3 * config.updates_per_step
     for name in ("params", "target_params", "opt_state"):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), getattr(xla, name),

@@ -31,7 +31,7 @@ print(json.dumps({
     "identical": all(bool((leaf == leaf[0]).all()) for leaf in leaves),
     "updates": np.asarray(state.updates).tolist(),
     "envs_differ": bool((np.asarray(state.obs)[0] != np.asarray(state.obs)[1]).any()),
-    "buffer_envs": int(state.buffer.data.action.shape[2]),
+    "buffer_envs": int(state.buffer.transitions.action.shape[2]),
     "params_sum": float(sum(np.asarray(leaf)[0].sum() for leaf in jax.tree.leaves(state.params))),
 }))
 """

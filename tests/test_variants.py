@@ -282,13 +282,19 @@ def test_cli_rejects_n_step_longer_than_the_buffer_with_exit_2(capsys, tmp_path)
 def test_variants_off_leave_the_default_state_unchanged(small_config):
     """No truncation flags or priorities are stored unless a variant needs them (same tree as before)."""
 
-    state = jax.eval_shape(lambda: make_dqn(small_config()).init(jax.random.key(0), small_config().hparams))
+    def initial_state(config):
+        return jax.eval_shape(lambda: make_dqn(config).init(jax.random.key(0), config.hparams))
+
+    def stored(buffer):  # the buffer's transitions, whatever its layout
+        return jax.eval_shape(lambda buffer: buffer.transitions, buffer)
+
+    state = initial_state(small_config())
     assert state.buffer.priority is None and state.buffer.max_priority is None
-    assert state.buffer.data.truncated is None
+    assert stored(state.buffer).truncated is None
+    assert state.buffer.data.shape == (16, 16, 2 * 4 + 3)  # packed: obs, next_obs, action, reward, terminated
     assert "DuelingHead_0" not in state.params["params"]
-    state = jax.eval_shape(lambda: make_dqn(small_config(n_step=2, prioritized=True)).init(
-        jax.random.key(0), small_config().hparams))
-    assert state.buffer.priority.shape == (16, 16) and state.buffer.data.truncated.shape == (16, 16)
+    state = initial_state(small_config(n_step=2, prioritized=True))
+    assert state.buffer.priority.shape == (16, 16) and stored(state.buffer).truncated.shape == (16, 16)
 
 
 # Learning --------------------------------------------------------------------------------------
