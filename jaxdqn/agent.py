@@ -99,13 +99,17 @@ def with_learner(state: TrainerState, learner: FlatLearner, unravel) -> TrainerS
 
 
 class StepMetrics(struct.PyTreeNode):
-    """What one `train_step` reports; `run_chunk` sums these over the chunk and the devices."""
+    """What one `train_step` reports; `run_chunk` sums these over the chunk and the devices.
+
+    The episode fields are per env (`[local_envs]`): the chunk adds them up env by env, inside the
+    kernels that step the envs, and sums over the envs once at its end, not with a reduction per step.
+    """
 
     loss_sum: jnp.ndarray  # sum of the losses of this step's gradient updates
     num_updates: jnp.ndarray
-    return_sum: jnp.ndarray  # sum of the returns of the episodes that ended at this step
-    length_sum: jnp.ndarray
-    num_episodes: jnp.ndarray
+    return_sum: jnp.ndarray  # per env: the return of the episode that ended at this step, else 0
+    length_sum: jnp.ndarray  # per env: that episode's length, else 0
+    num_episodes: jnp.ndarray  # per env: 1 if an episode ended at this step, else 0
 
 
 class ChunkMetrics(struct.PyTreeNode):
@@ -525,9 +529,9 @@ class DQN:
         metrics = StepMetrics(
             loss_sum=loss_sum,
             num_updates=jnp.where(learned, self.config.updates_per_step, 0),
-            return_sum=jnp.sum(jnp.where(done, episode_return, 0.0)),
-            length_sum=jnp.sum(jnp.where(done, episode_length, 0)),
-            num_episodes=jnp.sum(done.astype(jnp.int32)),
+            return_sum=jnp.where(done, episode_return, 0.0),
+            length_sum=jnp.where(done, episode_length, 0),
+            num_episodes=done.astype(jnp.int32),
         )
         return state, metrics
 
@@ -547,11 +551,14 @@ class DQN:
             state, metrics = self.train_step(state)
             return (state, jax.tree.map(jnp.add, totals, metrics)), None
 
-        # Zeros made from the state's own scalars, so that under shard_map they vary over devices as it does.
+        # Zeros made from the state's own leaves, so that under shard_map they vary over devices as it does.
         zero_float, zero_int = jnp.zeros_like(state.episode_return[0]), jnp.zeros_like(state.iteration)
-        zero = StepMetrics(loss_sum=zero_float, num_updates=zero_int, return_sum=zero_float, length_sum=zero_int,
-                           num_episodes=zero_int)
+        env_float, env_int = jnp.zeros_like(state.episode_return), jnp.zeros_like(state.episode_length)
+        zero = StepMetrics(loss_sum=zero_float, num_updates=zero_int, return_sum=env_float, length_sum=env_int,
+                           num_episodes=env_int)
         (state, totals), _ = jax.lax.scan(step, (state, zero), None, length=num_iterations)
+        totals = totals.replace(return_sum=jnp.sum(totals.return_sum), length_sum=jnp.sum(totals.length_sum),
+                                num_episodes=jnp.sum(totals.num_episodes))
         if unravel is not None:
             state = self.from_slab(state, unravel)
         if self.collective_axis is not None:  # episodes finish on every device, and each has its own losses

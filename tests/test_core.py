@@ -192,6 +192,23 @@ def test_stored_next_obs_is_the_final_observation(small_config):
     assert not np.asarray(data.terminated[:3]).any()
 
 
+def test_chunk_metrics_count_every_finished_episode(small_config):
+    """Episode statistics add up per env through the chunk, then over the envs: 4 envs x 7 steps of
+    2-step episodes (reward 1 per step) finish 4 x 3 episodes of return 2 and length 2."""
+    from jaxdqn.agent import DQN
+    from jaxdqn.networks import make_network
+    from tests.probe_envs import StepCounter
+
+    config = small_config(num_envs=4, buffer_size=64, learning_starts=10**6)
+    env = StepCounter()
+    dqn = DQN(config, env, env.default_params, make_network((1,), 1, config))
+    state = dqn.init(jax.random.key(0), config.hparams)
+    _, metrics = jax.jit(dqn.run_chunk, static_argnums=1)(state, 7)
+    assert int(metrics.episodes) == 12 and int(metrics.iteration) == 7
+    assert float(metrics.train_return) == 2.0 and float(metrics.train_length) == 2.0
+    assert np.isnan(float(metrics.loss))  # no update before learning_starts
+
+
 def test_buffer_samples_batches_for_several_updates_at_once():
     buf = replay.init(4, _transition(0.0, num_envs=2))
     buf = replay.add(buf, _transition(3.0, num_envs=2))
