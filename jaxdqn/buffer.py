@@ -92,17 +92,26 @@ class PackedLayout:
             columns.append(transition.truncated[..., None])
         return jnp.concatenate([column.astype(jnp.float32) for column in columns], axis=-1)
 
+    @property
+    def scalars_start(self) -> int:
+        """The first column after the observations: action, reward, terminated(, truncated) follow."""
+        return 2 * self.obs_size
+
     def unpack(self, rows: jnp.ndarray) -> Transition:
-        """The transition whose packed rows are `rows` (`[..., width]`)."""
-        size, lead = self.obs_size, rows.shape[:-1]
-        flag = lambda column: rows[..., column] != 0.0  # noqa: E731  (stored as exactly 0.0 or 1.0)
+        """The transition whose packed rows are `rows` (`[..., width]`); without observations (None) when
+        `rows` holds only the columns from `scalars_start` on (`ReplayBuffer.take`'s `scalars_only`)."""
+        lead = rows.shape[:-1]
+        observations = rows.shape[-1] == self.width
+        start = self.scalars_start if observations else 0
+        flag = lambda column: rows[..., start + column] != 0.0  # noqa: E731  (stored as exactly 0.0 or 1.0)
+        size = self.obs_size
         return Transition(
-            obs=rows[..., :size].reshape(*lead, *self.obs_shape),
-            next_obs=rows[..., size:2 * size].reshape(*lead, *self.obs_shape),
-            action=rows[..., 2 * size].astype(self.action_dtype),
-            reward=rows[..., 2 * size + 1],
-            terminated=flag(2 * size + 2),
-            truncated=flag(2 * size + 3) if self.truncated else None,
+            obs=rows[..., :size].reshape(*lead, *self.obs_shape) if observations else None,
+            next_obs=rows[..., size:2 * size].reshape(*lead, *self.obs_shape) if observations else None,
+            action=rows[..., start].astype(self.action_dtype),
+            reward=rows[..., start + 1],
+            terminated=flag(2),
+            truncated=flag(3) if self.truncated else None,
         )
 
 
@@ -131,11 +140,17 @@ class ReplayBuffer:
         """Every slot's transition, leaves `[rows, num_envs, ...]`, whatever the layout."""
         return self.data if self.layout is None else self.layout.unpack(self.data)
 
-    def take(self, rows: jnp.ndarray, envs: jnp.ndarray) -> Transition:
-        """The transitions at slots `(rows, envs)` (index arrays of one shape): one gather when packed."""
+    def take(self, rows: jnp.ndarray, envs: jnp.ndarray, scalars_only: bool = False) -> Transition:
+        """The transitions at slots `(rows, envs)` (index arrays of one shape): one gather when packed.
+
+        `scalars_only`: action, reward and the flags only (observations None), not gathering the
+        observations' columns at all.
+        """
         if self.layout is None:
-            return jax.tree.map(lambda store: store[rows, envs], self.data)
-        return self.layout.unpack(self.data[rows, envs])
+            data = self.data.replace(obs=None, next_obs=None) if scalars_only else self.data
+            return jax.tree.map(lambda store: store[rows, envs], data)
+        columns = slice(self.layout.scalars_start if scalars_only else 0, None)
+        return self.layout.unpack(self.data[rows, envs, columns])
 
 
 @struct.dataclass
@@ -283,7 +298,7 @@ def gather_batch(buffer: ReplayBuffer, rows: jnp.ndarray, envs: jnp.ndarray, gam
     if n_step == 1:
         return one_step(buffer.take(rows, envs), gamma)
     steps = (rows[..., None] + jnp.arange(n_step)) % buffer.rows  # [..., n]: the window's rows
-    window = buffer.take(steps, jnp.broadcast_to(envs[..., None], steps.shape))
+    window = buffer.take(steps, jnp.broadcast_to(envs[..., None], steps.shape), scalars_only=True)
     reward, terminated = window.reward, window.terminated
     ended = terminated | window.truncated
     counted = (jnp.cumsum(ended, axis=-1) - ended) == 0  # no earlier step of the window ended the episode
@@ -291,7 +306,7 @@ def gather_batch(buffer: ReplayBuffer, rows: jnp.ndarray, envs: jnp.ndarray, gam
     last = taken - 1  # the window index of the transition bootstrapped from
     powers = gamma ** jnp.arange(n_step, dtype=jnp.float32)
     bootstrap_terminated = jnp.take_along_axis(terminated, last[..., None], axis=-1)[..., 0]
-    start = buffer.take(rows, envs)  # (fields a layout's gather brings but nothing reads are dropped by XLA)
+    start = buffer.take(rows, envs)
     bootstrap_row = jnp.take_along_axis(steps, last[..., None], axis=-1)[..., 0]
     return Batch(
         obs=start.obs,

@@ -96,6 +96,10 @@ def test_packed_and_field_by_field_buffers_store_and_sample_the_same_transitions
     batches = [replay.gather_batch(buffer, *starts, 0.9, n_step) for buffer in (packed, by_field)]
     jax.tree.map(np.testing.assert_array_equal, *batches)
     assert batches[0].action.dtype == jnp.int32
+    scalars = [buffer.take(*starts, scalars_only=True) for buffer in (packed, by_field)]
+    assert scalars[0].obs is None and scalars[0].next_obs is None
+    jax.tree.map(np.testing.assert_array_equal, *scalars)
+    np.testing.assert_array_equal(scalars[0].reward, packed.take(*starts).reward)
 
 
 def test_boolean_observations_keep_one_array_per_field():
