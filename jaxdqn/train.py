@@ -144,13 +144,25 @@ def build_program(config: TrainConfig) -> Program:
                    parallel.make_evaluate(dqn, config.eval_episodes, len(agents)), agents)
 
 
-def enable_compile_cache(path: str | None) -> None:
-    """Turns on JAX's persistent compilation cache, so that an identical second run does not compile."""
+XLA_CACHE_MAX_BYTES = 1 << 30  # JAX's own entries in the compile cache folder (`programs/` has its own bound)
+
+
+def enable_compile_cache(path: str | None, max_bytes: int = XLA_CACHE_MAX_BYTES) -> None:
+    """Turns on JAX's persistent compilation cache, so that an identical second run does not compile.
+
+    JAX keeps it under `max_bytes`, deleting the least recently used entries first. That needs the
+    `filelock` package (a dependency of jaxdqn); without it the cache is unbounded, JAX's default.
+    """
     if not path:
         return
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    try:
+        import filelock  # noqa: F401  (JAX's eviction locks the folder with it)
+    except ImportError:
+        return
+    jax.config.update("jax_compilation_cache_max_size", max_bytes)
 
 
 def default_log_dir(env_name: str) -> Path:
@@ -314,8 +326,9 @@ def make_train_parser() -> argparse.ArgumentParser:
                          "Flags marked [original flag] are those of the original PyTorch trainer.")
     add_config_flags(parser)
     parser.add_argument("--compile_cache", default=DEFAULT_COMPILE_CACHE, metavar="DIR",
-                        help="JAX persistent compilation cache folder (default: $JAXDQN_COMPILE_CACHE, else "
-                             "~/.cache/jaxdqn/xla)")
+                        help="JAX persistent compilation cache folder, with the compiled programs in its "
+                             "programs/ folder; each kept under 1 GiB, least recently used deleted first "
+                             "(default: $JAXDQN_COMPILE_CACHE, else ~/.cache/jaxdqn/xla)")
     parser.add_argument("--no_compile_cache", action="store_true", help="do not use the compilation cache")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-chunk log lines")
     add_checkpoint_flags(parser)

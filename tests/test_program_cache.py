@@ -146,3 +146,37 @@ def test_a_loaded_entry_counts_as_recently_used(small_config, tmp_path):
     os.utime(entry, (1_000_000, 1_000_000))  # as if last used long ago
     assert run(config, tmp_path)["programs_loaded"] is True
     assert entry.stat().st_mtime > 1_000_000
+
+
+def test_jax_compile_cache_keeps_its_recently_used_entries_within_its_bound(tmp_path):
+    """`enable_compile_cache` bounds JAX's own entries too: compiling more programs than fit evicts the oldest."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, subprocess_env
+
+    script = """
+import sys, jax, jax.numpy as jnp
+from jaxdqn.train import enable_compile_cache
+enable_compile_cache(sys.argv[1], max_bytes=int(sys.argv[2]))
+for power in range(1, 13):  # twelve different programs, each stored on compiling
+    jax.jit(lambda x: jnp.sin(x) ** power + jnp.cumsum(x) * power)(jnp.ones(64))
+"""
+    cache = tmp_path / "xla"
+
+    def entries():  # name -> size, oldest first
+        paths = sorted(cache.glob("*-cache"), key=lambda path: path.stat().st_mtime_ns)
+        return {path.name: path.stat().st_size for path in paths}
+
+    subprocess.run([sys.executable, "-c", script, str(cache), "-1"], cwd=ROOT, env=subprocess_env(), check=True,
+                   timeout=300)  # unbounded: every program is kept
+    unbounded = entries()
+    assert len(unbounded) >= 12
+    bound = 4 * max(unbounded.values())
+    for path in cache.iterdir():
+        path.unlink()
+    subprocess.run([sys.executable, "-c", script, str(cache), str(bound)], cwd=ROOT, env=subprocess_env(), check=True,
+                   timeout=300)
+    kept = entries()
+    assert 1 <= len(kept) < len(unbounded) and sum(kept.values()) <= bound
+    assert list(kept) == list(unbounded)[-len(kept):]  # the programs compiled last (same programs, same keys)
