@@ -6,7 +6,8 @@ For every power of two in the `--num_envs` range, after compiling and one warm-u
 default device (synchronised with `jax.block_until_ready`):
 
 - `env`: the environment alone, random actions, `lax.scan` over vector steps of `jax.vmap(env.step)`:
-  the limit every other phase is measured against;
+  the limit every other phase is measured against. Every phase draws its call's random keys (and
+  here its random actions) before its loop, as the trainer draws a chunk's (`DQN.run_chunk`);
 - `act`: env + Q-network forward + epsilon-greedy + replay write, composed from the trainer's own
   functions (`DQN.epsilon`, `DQN.select_actions`, `env.step`, `jaxdqn.buffer.add`) in a jitted scan;
 - `learn`: the learner alone, `DQN.learn` (a scan of `updates_per_step` x `DQN.update`) once per vector
@@ -176,16 +177,19 @@ def env_only(setup: Setup, iterations: int):
     batch_step = jax.vmap(dqn.env.step, in_axes=(0, 0, 0, None))
 
     def run(carry):
-        def body(carry, _):
+        def body(carry, step):
             env_state, key, checksum = carry
-            key, action_key, step_key = jax.random.split(key, 3)
-            action = jax.random.randint(action_key, (num_envs,), 0, dqn.num_actions, jnp.int32)
-            obs, env_state, reward, _, _, _ = batch_step(jax.random.split(step_key, num_envs), env_state, action,
-                                                         dqn.env_params)
+            action, step_keys = step
+            obs, env_state, reward, _, _, _ = batch_step(step_keys, env_state, action, dqn.env_params)
             # Consume the observations, or XLA drops their computation (a trainer feeds them to its network).
             return (env_state, key, checksum + reward.sum() + jnp.sum(obs.astype(jnp.float32))), None
 
-        return jax.lax.scan(body, carry, None, length=iterations)[0]
+        # The call's random actions and env keys drawn up front, as `DQN.run_chunk` draws a chunk's keys.
+        env_state, key, checksum = carry
+        key, action_key, step_key = jax.random.split(key, 3)
+        actions = jax.random.randint(action_key, (iterations, num_envs), 0, dqn.num_actions, jnp.int32)
+        step_keys = jax.vmap(lambda step: jax.random.split(step, num_envs))(jax.random.split(step_key, iterations))
+        return jax.lax.scan(body, (env_state, key, checksum), (actions, step_keys))[0]
 
     reset_key, key = jax.random.split(jax.random.key(setup.config.seed))
     _, env_state = jax.jit(jax.vmap(dqn.env.reset, in_axes=(0, None)))(jax.random.split(reset_key, num_envs),
@@ -193,18 +197,18 @@ def env_only(setup: Setup, iterations: int):
     return jax.jit(run, donate_argnums=0), (env_state, key, jnp.float32(0))
 
 
-def act_once(dqn, state, key):
-    """One vector step of acting and storing, as `DQN.train_step` does it (without episode statistics)."""
+def act_once(dqn, state, keys):
+    """One vector step of acting and storing, as `DQN.train_step` does it (without episode statistics);
+    `keys`: the step's `jaxdqn.agent.StepKeys`."""
     import jax
     import jax.numpy as jnp
 
     from jaxdqn import buffer as replay
 
-    act_key, env_key = jax.random.split(key)
-    action = dqn.select_actions(state.params, state.obs, act_key, dqn.epsilon(state.iteration, state.hparams),
+    action = dqn.select_actions(state.params, state.obs, keys.act, dqn.epsilon(state.iteration, state.hparams),
                                 slab=state.slab)
     next_obs, env_state, reward, terminated, truncated, info = jax.vmap(dqn.env.step, in_axes=(0, 0, 0, None))(
-        jax.random.split(env_key, dqn.local_envs), state.env_state, action, dqn.env_params)
+        keys.env, state.env_state, action, dqn.env_params)
     # Store what the trainer's buffer stores (`truncated` only where it keeps it, for n-step returns).
     extra = {"truncated": truncated} if dqn.config.n_step > 1 else {}
     transition = replay.Transition(obs=state.obs, action=action, reward=reward.astype(jnp.float32),
@@ -224,15 +228,16 @@ def acting(setup: Setup, iterations: int, learn: bool = False):
 
     dqn = setup.dqn
 
-    def body(state, _):
-        key, act_key, learn_key = jax.random.split(state.key, 3)
-        state = act_once(dqn, state.replace(key=key), act_key)
+    def body(state, keys):
+        state = act_once(dqn, state, keys)
         if learn:
-            state, _ = dqn.learn(state, learn_key)
+            state, _ = dqn.learn(state, keys.learn)
         return state, None
 
-    def run(state):
-        return jax.lax.scan(body, state, None, length=iterations)[0]
+    def run(state):  # the call's keys drawn up front, as `DQN.run_chunk` draws a chunk's
+        key, call_key = jax.random.split(state.key)
+        keys = jax.vmap(dqn.step_keys)(jax.random.split(call_key, iterations))
+        return jax.lax.scan(body, state.replace(key=key), keys)[0]
 
     state = jax.jit(dqn.init)(jax.random.key(setup.config.seed), setup.config.hparams)
     if dqn.uses_slab:  # as the trainer's chunks carry it (`DQN.run_chunk`)
@@ -247,12 +252,12 @@ def learner(setup: Setup, iterations: int, state):
     dqn = setup.dqn
 
     def run(state):
-        def body(state, _):
-            key, learn_key = jax.random.split(state.key)
-            state, _ = dqn.learn(state.replace(key=key), learn_key)
+        def body(state, learn_key):
+            state, _ = dqn.learn(state, learn_key)
             return state, None
 
-        return jax.lax.scan(body, state, None, length=iterations)[0]
+        key, call_key = jax.random.split(state.key)  # the call's keys drawn up front, as `DQN.run_chunk` does
+        return jax.lax.scan(body, state.replace(key=key), jax.random.split(call_key, iterations))[0]
 
     # Sample from every row, as a full buffer does (the rows the acting phase did not reach hold zeros).
     state = state.replace(buffer=state.buffer.replace(filled_rows=jax.numpy.int32(state.buffer.rows)))

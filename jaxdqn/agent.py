@@ -112,6 +112,14 @@ class StepMetrics(struct.PyTreeNode):
     num_episodes: jnp.ndarray  # per env: 1 if an episode ended at this step, else 0
 
 
+class StepKeys(struct.PyTreeNode):
+    """The random keys of one `train_step`: acting, the envs' steps (one per env) and learning."""
+
+    act: jax.Array
+    env: jax.Array  # [local_envs]
+    learn: jax.Array
+
+
 class ChunkMetrics(struct.PyTreeNode):
     loss: jnp.ndarray  # mean over the chunk's gradient updates (nan if none)
     train_return: jnp.ndarray  # mean return of the episodes that ended in the chunk (nan if none)
@@ -488,14 +496,25 @@ class DQN:
         return scalars, (clip_state, after)
 
     # One iteration ---------------------------------------------------------------------------
-    def train_step(self, state: TrainerState) -> tuple[TrainerState, StepMetrics]:
-        """Acts on every env, stores the transitions, and learns once enough are collected."""
-        key, act_key, env_key, learn_key = jax.random.split(state.key, 4)
+    def step_keys(self, key: jax.Array) -> StepKeys:
+        """One `train_step`'s keys, all drawn from `key`."""
+        act_key, env_key, learn_key = jax.random.split(key, 3)
+        return StepKeys(act=act_key, env=jax.random.split(env_key, self.local_envs), learn=learn_key)
+
+    def train_step(self, state: TrainerState, keys: StepKeys | None = None) -> tuple[TrainerState, StepMetrics]:
+        """Acts on every env, stores the transitions, and learns once enough are collected.
+
+        `keys`: the step's random keys (`run_chunk` draws a whole chunk's at once); None: drawn here
+        from the state's key.
+        """
+        if keys is None:
+            key, step_key = jax.random.split(state.key)
+            state, keys = state.replace(key=key), self.step_keys(step_key)
         epsilon = self.epsilon(state.iteration, state.hparams)
-        action = self.select_actions(state.params, state.obs, act_key, epsilon, slab=state.slab)
+        action = self.select_actions(state.params, state.obs, keys.act, epsilon, slab=state.slab)
         next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
             self.env.step, in_axes=(0, 0, 0, None)
-        )(jax.random.split(env_key, self.local_envs), state.env_state, action, self.env_params)
+        )(keys.env, state.env_state, action, self.env_params)
         reward = reward.astype(jnp.float32)
         # The stored next observation is the pre-reset one; only `terminated` cuts the bootstrap.
         transition = replay.Transition(
@@ -511,13 +530,12 @@ class DQN:
             obs=next_obs,
             episode_return=jnp.where(done, 0.0, episode_return),
             episode_length=jnp.where(done, 0, episode_length),
-            key=key,
             iteration=state.iteration + 1,
         )
         # Before `learning_starts` the updates are computed and discarded: selects inside the updates'
         # own kernels (`flat_update`'s `active`), not a branch and not a second copy of the learner.
         learned = state.buffer.filled_rows >= self.learning_starts_rows
-        trained, loss_sum = self.learn(state, learn_key, active=learned)
+        trained, loss_sum = self.learn(state, keys.learn, active=learned)
         if self.config.prioritized:  # the priorities written by `learn`, if it counted
             keep = lambda new, old: jnp.where(learned, new, old)  # noqa: E731
             trained = trained.replace(buffer=state.buffer.replace(
@@ -540,15 +558,22 @@ class DQN:
 
         With the fused kernels (`uses_slab`) the learner is in their slab layout for the whole chunk:
         no conversion in each vector step, no operand padding for acting.
+
+        The chunk's random keys are drawn before its loop, all at once (`step_keys` vmapped over its
+        vector steps: `chunk_steps` keys for the envs, 8 bytes each): splitting keys in every vector
+        step cost a few small kernels of its own.
         """
         unravel = None
         if self.uses_slab:
             unravel = flat_learner(state)[1]
             state = self.to_slab(state)
+        key, chunk_key = jax.random.split(state.key)
+        keys = jax.vmap(self.step_keys)(jax.random.split(chunk_key, num_iterations))
+        state = state.replace(key=key)
 
-        def step(carry, _):  # the sums travel in the loop: no per-step metrics written out and summed after
-            state, totals = carry
-            state, metrics = self.train_step(state)
+        def step(carry, keys: StepKeys):
+            state, totals = carry  # the sums travel in the loop: no per-step metrics written out and summed after
+            state, metrics = self.train_step(state, keys)
             return (state, jax.tree.map(jnp.add, totals, metrics)), None
 
         # Zeros made from the state's own leaves, so that under shard_map they vary over devices as it does.
@@ -556,7 +581,7 @@ class DQN:
         env_float, env_int = jnp.zeros_like(state.episode_return), jnp.zeros_like(state.episode_length)
         zero = StepMetrics(loss_sum=zero_float, num_updates=zero_int, return_sum=env_float, length_sum=env_int,
                            num_episodes=env_int)
-        (state, totals), _ = jax.lax.scan(step, (state, zero), None, length=num_iterations)
+        (state, totals), _ = jax.lax.scan(step, (state, zero), keys)
         totals = totals.replace(return_sum=jnp.sum(totals.return_sum), length_sum=jnp.sum(totals.length_sum),
                                 num_episodes=jnp.sum(totals.num_episodes))
         if unravel is not None:

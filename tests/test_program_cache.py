@@ -28,7 +28,8 @@ def test_a_second_run_loads_the_programs_without_tracing_and_trains_identically(
 
     traces = []
     original = DQN.train_step
-    monkeypatch.setattr(DQN, "train_step", lambda self, state: traces.append(1) or original(self, state))
+    monkeypatch.setattr(DQN, "train_step",
+                        lambda self, state, keys=None: traces.append(1) or original(self, state, keys))
     second = run(config, tmp_path)
     assert second["programs_loaded"] is True
     assert traces == []  # nothing was traced
