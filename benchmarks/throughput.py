@@ -178,18 +178,19 @@ def env_only(setup: Setup, iterations: int):
 
     def run(carry):
         def body(carry, step):
-            env_state, key, checksum = carry
-            action, step_keys = step
-            obs, env_state, reward, _, _, _ = batch_step(step_keys, env_state, action, dqn.env_params)
+            env_state, checksum = carry
+            action, env_keys = step
+            obs, env_state, reward, _, _, _ = batch_step(env_keys, env_state, action, dqn.env_params)
             # Consume the observations, or XLA drops their computation (a trainer feeds them to its network).
-            return (env_state, key, checksum + reward.sum() + jnp.sum(obs.astype(jnp.float32))), None
+            return (env_state, checksum + reward.sum() + jnp.sum(obs.astype(jnp.float32))), None
 
-        # The call's random actions and env keys drawn up front, as `DQN.run_chunk` draws a chunk's keys.
+        # The call's random actions and env keys drawn up front, the keys as `DQN.run_chunk` draws a chunk's.
         env_state, key, checksum = carry
-        key, action_key, step_key = jax.random.split(key, 3)
+        key, action_key, call_key = jax.random.split(key, 3)
         actions = jax.random.randint(action_key, (iterations, num_envs), 0, dqn.num_actions, jnp.int32)
-        step_keys = jax.vmap(lambda step: jax.random.split(step, num_envs))(jax.random.split(step_key, iterations))
-        return jax.lax.scan(body, (env_state, key, checksum), (actions, step_keys))[0]
+        env_keys = jax.vmap(dqn.step_keys)(jax.random.split(call_key, iterations)).env
+        env_state, checksum = jax.lax.scan(body, (env_state, checksum), (actions, env_keys))[0]
+        return env_state, key, checksum
 
     reset_key, key = jax.random.split(jax.random.key(setup.config.seed))
     _, env_state = jax.jit(jax.vmap(dqn.env.reset, in_axes=(0, None)))(jax.random.split(reset_key, num_envs),
