@@ -70,7 +70,7 @@ def make_run_chunk(dqn: DQN, mesh: Mesh, num_iterations: int, num_agents: int = 
     chunk = functools.partial(dqn.run_chunk, num_iterations=num_iterations)
     chunk = _per_device(jax.vmap(chunk) if num_agents > 1 else chunk)
     sharded = jax.shard_map(chunk, mesh=mesh, in_specs=PartitionSpec(AXIS), out_specs=PartitionSpec(AXIS))
-    return jax.jit(sharded, donate_argnums=0)
+    return jax.jit(sharded, donate_argnums=0, compiler_options=dqn.chunk_compiler_options())
 
 
 def make_evaluate(dqn: DQN, num_episodes: int, num_agents: int = 1):

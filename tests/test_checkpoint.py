@@ -353,9 +353,10 @@ def test_resume_without_buffer_refills_it_and_schedules_continue(reference, resu
     assert [row["env_steps"] for row in rows] == [row["env_steps"] for row in reference_rows]
     assert [row["epsilon"] for row in rows] == [row["epsilon"] for row in reference_rows]  # same schedule
     # Learning waits until the refilled buffer holds learning_starts (64) env steps = 4 vector steps of
-    # 16 envs: the first chunk after the resume (4 vector steps, 2 updates each) learns only in its last.
+    # 16 envs before a vector step: the first chunk after the resume (4 vector steps, 2 updates each)
+    # fills it and does not learn, the next learns in all of its steps.
     updates_at_resume = int(read_rows(reference.log_dir)[3072 // STEPS_PER_CHUNK - 1]["updates"])
-    updates_per_chunk, first_chunk_updates = 4 * 2, 2
+    updates_per_chunk, first_chunk_updates = 4 * 2, 0
     assert [int(row["updates"]) for row in rows] == [
         updates_at_resume + first_chunk_updates + updates_per_chunk * chunk for chunk in range(len(rows))]
     final = saved_state(tmp_path / "ckpt", TOTAL_STEPS)

@@ -247,3 +247,38 @@ def test_stacked_networks_give_the_same_td_errors_and_gradients(small_config, en
     np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-5, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), results[True][1],
                  results[False][1])
+
+
+def test_a_vector_step_learns_from_the_buffer_as_it_was_before_the_step(small_config):
+    """The updates of a vector step sample the transitions stored before it (so that a GPU can act and
+    learn at once), and learning starts at the first vector step after `learning_starts` are stored."""
+    config = small_config(learning_starts=16, updates_per_step=2)  # one vector step of 16 envs
+    dqn = make_dqn(config)
+    step = jax.jit(dqn.train_step)
+    state, metrics = step(jax.jit(dqn.init)(jax.random.key(0), config.hparams))
+    assert int(state.updates) == 0 and int(metrics.num_updates) == 0  # the buffer was empty before it
+    keys = dqn.step_keys(jax.random.key(5))
+    after, metrics = step(state, keys)
+    expected, _ = jax.jit(dqn.learn)(state, keys.learn)  # the same updates on the one stored row
+    assert int(after.updates) == int(metrics.num_updates) == 2
+    assert int(after.buffer.filled_rows) == 2  # and this step's transitions were stored after
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), after.params, expected.params)
+
+
+def test_chunk_compiler_options_are_valid_xla_options_chosen_by_config(small_config, monkeypatch):
+    """The chunk's GPU options are names and values the installed XLA accepts (a typo would fail every
+    GPU compile), and apply on GPUs to one device whose updates are one pass of their loop."""
+    from jaxdqn import agent
+
+    compiled = jax.jit(lambda x: x + 1, compiler_options=agent.CHUNK_GPU_OPTIONS).lower(jnp.ones(2)).compile()
+    np.testing.assert_array_equal(compiled(jnp.ones(2)), 2.0)
+    with pytest.raises(Exception, match="not a valid"):
+        jax.jit(lambda x: x + 1, compiler_options={"xla_gpu_command_buffer_scheduling_mode": "SIDEWAYS"}).lower(
+            jnp.ones(2)).compile()
+    assert make_dqn(small_config(updates_per_step=1)).chunk_compiler_options() == {}  # this CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    one_update = make_dqn(small_config(updates_per_step=1))
+    assert one_update.chunk_compiler_options() == agent.CHUNK_GPU_OPTIONS
+    assert make_dqn(small_config(updates_per_step=32)).chunk_compiler_options() == {}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_command_buffer=")  # the user's own setting wins
+    assert one_update.chunk_compiler_options() == {}

@@ -49,7 +49,7 @@ def test_parameters_identical_on_every_device_after_training():
     assert report["devices"] == 4
     assert report["communicators_ready"]  # the background all-reduce over the 4 devices summed to 4
     assert report["identical"]
-    assert report["updates"] == [(48 - 4 + 1) * 4] * 4  # learning starts on the 4th of 48 vector steps
+    assert report["updates"] == [(48 - 4) * 4] * 4  # the first 4 of 48 vector steps fill learning_starts
     assert report["envs_differ"]  # each device steps its own environments
     assert report["buffer_envs"] == 16  # each device keeps its own quarter of the buffer
 
@@ -132,7 +132,7 @@ def test_two_processes_train_one_run_and_agree_on_parameters():
         results[int(fields[1])] = fields[2:]
     assert set(results) == {0, 1}
     for process_count, devices, _, updates in results.values():
-        assert (process_count, devices, updates) == ("2", "4", str((32 - 4 + 1) * 2))
+        assert (process_count, devices, updates) == ("2", "4", str((32 - 4) * 2))
     # each process saw one digest for its two devices' copies, and both processes the same one
     assert "," not in results[0][2] and results[0][2] == results[1][2]
 
