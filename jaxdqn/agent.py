@@ -207,9 +207,15 @@ class DQN:
         return fused_update.SlabLayout(self.network, self.obs_size,
                                        jax.eval_shape(self.network.init, jax.random.key(0), obs))
 
+    @property
+    def update_unroll(self) -> int:
+        """Updates per step of the device loop over a vector step's updates: `unroll_updates`, else
+        `fused_update.UNROLL` with the fused kernels and 1 with XLA's."""
+        return self.config.unroll_updates or (fused_update.UNROLL if self.update_kernel is not None else 1)
+
     def chunk_compiler_options(self) -> dict[str, str]:
         """XLA options for the chunk's program (`jax.jit`'s `compiler_options`): `CHUNK_GPU_OPTIONS` on
-        GPUs when a vector step's updates are one pass of their loop (`updates_per_step` up to its unroll).
+        GPUs when a vector step's updates are one pass of their loop (`updates_per_step` up to `update_unroll`).
 
         Then acting is a large share of the vector step and overlaps the first update: on an H100 at
         4,096 envs, one update of 128 a vector step went from 55.9 to 32.7 us. With the defaults' 32
@@ -217,8 +223,7 @@ class DQN:
         XLA_FLAGS sets command buffers itself (the user's choice is kept), and over several devices,
         where it was not measured.
         """
-        unroll = self.config.unroll_updates or (fused_update.UNROLL if self.update_kernel is not None else 1)
-        if (jax.default_backend() != "gpu" or self.config.updates_per_step > unroll
+        if (jax.default_backend() != "gpu" or self.config.updates_per_step > self.update_unroll
                 or self.collective_axis is not None or "command_buffer" in os.environ.get("XLA_FLAGS", "")):
             return {}
         return dict(CHUNK_GPU_OPTIONS)
@@ -422,7 +427,7 @@ class DQN:
                 return learner, (loss, errors)
 
             learner, (step_losses, errors) = jax.lax.scan(update, learner, batches,
-                                                          unroll=self.config.unroll_updates or 1)
+                                                          unroll=self.update_unroll)
         if self.collective_axis is not None and self.config.sync == "params":  # local SGD: average once per step
             def counters_kept(leaf):  # the counters agree already; the average is cast back to per-device
                 if not jnp.issubdtype(leaf.dtype, jnp.floating):
@@ -473,7 +478,7 @@ class DQN:
                  jnp.zeros(num_updates * blocks, jnp.float32), jnp.zeros(num_updates * batch_size, jnp.float32))
         indices = jnp.arange(num_updates, dtype=jnp.int32)[:, None]
         (params, target_params, mu, nu, losses, errors), _ = jax.lax.scan(
-            update, carry, indices, unroll=self.config.unroll_updates or fused_update.UNROLL)
+            update, carry, indices, unroll=self.update_unroll)
         opt_state = (opt_state[0], opt_state[1]._replace(
             inner_state=(adam._replace(mu=mu, nu=nu), *opt_state[1].inner_state[1:])))
         learner = FlatLearner(params, target_params, opt_state,
