@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs.toy_text import EnvParams, EnvState, ToyTextPort
+from jaxdqn.envs.toy_text import EnvParams, EnvState, ToyTextPort
 from jaxdqn.registry import register
 
 NUM_ROWS, NUM_COLS = 4, 12

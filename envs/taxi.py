@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs.toy_text import EnvParams, EnvState, ToyTextPort
+from jaxdqn.envs.toy_text import EnvParams, EnvState, ToyTextPort
 from jaxdqn.registry import register
 
 # The map of Gymnasium's Taxi: ":" is a gap between two cells, "|" a wall.

@@ -7,7 +7,7 @@ hyperparameters that work for it.
 
 Names resolve in this order:
 
-1. names registered with :func:`register` (jaxdqn's own, `envs/`, and the user's);
+1. names registered with :func:`register` (jaxdqn's own, `jaxdqn.envs`, and the user's);
 2. short aliases (`cartpole` -> `CartPole-v1`);
 3. every gymnax id (`Acrobot-v1`, `Breakout-MinAtar`, ...), registered on first use;
 4. `package.module:Attribute`, importing a user's module without editing jaxdqn. The attribute is an
@@ -254,13 +254,12 @@ _builtin_loaded = False
 
 
 def _load_builtin_envs() -> None:
-    """Imports `envs/` (the ported simulators), which registers its environments."""
+    """Imports `jaxdqn.envs` (the ported simulators of the repository's envs/ folder), which registers them.
+
+    Never a top-level `envs` package: a user's own `envs/` in the working directory is not imported.
+    """
     global _builtin_loaded
     if _builtin_loaded:
         return
     _builtin_loaded = True
-    try:
-        importlib.import_module("envs")
-    except ModuleNotFoundError as error:
-        if error.name != "envs":
-            raise
+    importlib.import_module("jaxdqn.envs")

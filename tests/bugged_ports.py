@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from envs.taxi import EAST, PICKUP, Taxi, decode, encode
+from jaxdqn.envs.taxi import EAST, PICKUP, Taxi, decode, encode
 
 
 class WrongRewardTaxi(Taxi):

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import pytest
 
-from envs.taxi import DROPOFF, EAST, Taxi, decode
+from jaxdqn.envs.taxi import DROPOFF, EAST, Taxi, decode
 from jaxdqn.check_port import PortError, check_port, port_steps
 from jaxdqn.registry import ConfigError
 from tests import bugged_ports

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from envs import cliffwalking, taxi
+from jaxdqn.envs import cliffwalking, taxi
 from jaxdqn import registry
 from jaxdqn.check_port import check_port
 from jaxdqn.config import build_config
