@@ -1,14 +1,32 @@
-"""The on-disk cache of compiled programs: a repeated run loads them and trains identically; keys and bad entries."""
+"""The on-disk cache of compiled programs: a repeated run loads them and trains identically; keys, bad
+entries, foreign files and the run sequences that once made it crash all end in a working run."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import pickle
+import subprocess
+import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxdqn import program_cache
 from jaxdqn.agent import DQN
 from jaxdqn.train import build_program, train
+from tests.conftest import ROOT, subprocess_env
+
+
+@pytest.fixture(autouse=True)
+def without_jax_cache():
+    """In-process runs here see no JAX persistent cache that another test may have turned on."""
+    before = jax.config.values["jax_enable_compilation_cache"]
+    jax.config.update("jax_enable_compilation_cache", False)
+    yield
+    jax.config.update("jax_enable_compilation_cache", before)
 
 
 def run(config, cache_dir):
@@ -61,16 +79,138 @@ def test_the_key_covers_the_environments_source_file():
     assert "cartpole.py" in files and "agent.py" in files
 
 
-def test_a_damaged_entry_is_compiled_again_and_rewritten(small_config, tmp_path):
+def _signed(cache_dir, payload: bytes) -> bytes:
+    """An entry with a valid MAC: what this user's runs would have written."""
+    key = (cache_dir / "key").read_bytes()
+    return program_cache.MAGIC + program_cache._mac(key, payload) + payload
+
+
+class _Planted:
+    """A pickle that would create a file if it were ever unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_an_unusable_entry_warns_once_and_is_compiled_again(small_config, tmp_path, capfd):
+    """Each kind of bad entry in turn: one warning line, a compile as if there were no entry, the entry rewritten."""
     config = small_config(total_steps=16 * 4 * 2, chunk_steps=16 * 4, eval_frequency=16 * 4)
-    first = run(config, tmp_path)
-    (entry,) = tmp_path.glob("*.programs")
-    entry.write_bytes(b"not a pickle")
-    again = run(config, tmp_path)
-    assert again["programs_loaded"] is False
-    assert comparable(again) == comparable(first)
-    assert run(config, tmp_path)["programs_loaded"] is True
-    assert np.isfinite(again["eval_return_mean"])
+    cache = tmp_path / "programs"
+    first = run(config, cache)
+    (entry,) = cache.glob("*.programs")
+    marker = tmp_path / "unpickled"
+    planted = pickle.dumps(_Planted(marker))
+    damages = {
+        "truncated": lambda: entry.read_bytes()[: entry.stat().st_size // 2],
+        # authentic, but its executables cannot be loaded by this build
+        "another_version": lambda: _signed(cache, pickle.dumps({name: (b"\0" * 64, None, None)
+                                                                for name in ("init", "run_chunk", "evaluate")})),
+        "planted_pickle": lambda: planted,  # another user's file: no MAC at all
+        # a MAC made under another key (another user's cache folder)
+        "planted_signed_elsewhere": lambda: program_cache.MAGIC + program_cache._mac(b"k" * 32, planted) + planted,
+    }
+    for damage, make_bytes in damages.items():
+        entry.write_bytes(make_bytes())
+        capfd.readouterr()
+        again = run(config, cache)
+        err = capfd.readouterr().err
+        warnings = [line for line in err.splitlines() if line.startswith("jaxdqn:")]
+        assert len(warnings) == 1 and entry.name in warnings[0], (damage, err[-2000:])
+        assert not marker.exists(), damage  # nothing was unpickled
+        assert again["programs_loaded"] is False, damage
+        assert comparable(again) == comparable(first), damage
+    assert run(config, cache)["programs_loaded"] is True  # the entry was rewritten
+
+
+def test_a_key_file_others_can_read_disables_the_cache(small_config, tmp_path, capfd):
+    config = small_config(total_steps=16 * 4, chunk_steps=16 * 4, eval_frequency=16 * 4)
+    cache = tmp_path / "programs"
+    run(config, cache)
+    (cache / "key").chmod(0o644)
+    capfd.readouterr()
+    assert run(config, cache)["programs_loaded"] is False
+    assert "readable by its owner alone" in capfd.readouterr().err
+
+
+def test_a_loaded_program_whose_first_call_fails_is_compiled_again(tmp_path):
+    """A real broken executable: on the CPU, one that JAX's own cache loaded serializes without its functions.
+
+    Its first call fails and consumes its donated argument; the guard compiles the program and calls it
+    again on a copy of the arguments.
+    """
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    try:
+        def make():  # a fresh jit each time, so that the second compile goes to JAX's cache
+            return jax.jit(lambda x: (jnp.arange(x.shape[0]) >> 1).astype(jnp.float32) * x, donate_argnums=0)
+
+        x = jnp.ones(1000)
+        make().lower(x).compile()
+        from_jax_cache, fresh = program_cache._compile_here(make().lower(x))
+        jax_cache_served = not fresh
+        reloaded = program_cache.serialize_executable.deserialize_and_load(
+            *program_cache.serialize_executable.serialize(from_jax_cache))
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+    assert jax_cache_served
+    expected = np.asarray((np.arange(1000) >> 1), dtype=np.float32)
+    guarded = program_cache._FirstCallGuard("probe", reloaded, lambda: make().lower(jnp.ones(1000)))
+    np.testing.assert_array_equal(guarded(jnp.ones(1000)), expected)
+    np.testing.assert_array_equal(guarded(jnp.ones(1000)), expected)  # the recompiled program from now on
+
+
+TINY = ["--env", "cartpole", "--num_envs", "16", "--hidden_sizes", "16", "--chunk_steps", "64",
+        "--buffer_size", "256", "--batch_size", "32", "--learning_starts", "64", "--eval_frequency", "128",
+        "--eval_episodes", "4", "--quiet"]
+
+
+def _train(tmp_path, name, *flags, cache="cache", background=False):
+    """`python -m jaxdqn.train` with the tiny config, JAX's cache and this cache in `tmp_path/cache`."""
+    command = [sys.executable, "-m", "jaxdqn.train", *TINY, "--compile_cache", str(tmp_path / cache),
+               "--log_dir", str(tmp_path / "logs" / name), *map(str, flags)]
+    if background:
+        return subprocess.Popen(command, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"run {name}: {result.stderr[-3000:]}"
+    return json.loads((tmp_path / "logs" / name / "summary.json").read_text())
+
+
+def test_runs_that_change_a_setting_and_repeat_never_fail(tmp_path):
+    """Once a crash: a run whose programs came partly from JAX's cache stored executables that could not run."""
+    _train(tmp_path, "first", "--total_steps", 256)
+    _train(tmp_path, "longer", "--total_steps", 384)  # a new chunk; init and evaluation from JAX's cache
+    _train(tmp_path, "longer_again", "--total_steps", 384)
+    assert _train(tmp_path, "first_again", "--total_steps", 256)["programs_loaded"] is True
+    for entry in (tmp_path / "cache" / "programs").iterdir():  # what docs/porting.md advises after some edits
+        entry.unlink()
+    (tmp_path / "cache" / "programs").rmdir()
+    _train(tmp_path, "programs_deleted", "--total_steps", 384)
+    _train(tmp_path, "programs_deleted_again", "--total_steps", 384)
+
+
+def test_saving_and_resuming_runs_in_sequence_never_fail(tmp_path):
+    """The other sequence that once crashed: train; save A; save B; resume A longer; resume B longer."""
+    _train(tmp_path, "plain", "--total_steps", 256)
+    _train(tmp_path, "a", "--total_steps", 256, "--save_model", tmp_path / "A")
+    _train(tmp_path, "b", "--total_steps", 256, "--save_model", tmp_path / "B")
+    resumed_a = _train(tmp_path, "a_longer", "--total_steps", 512, "--load_model", tmp_path / "A")
+    resumed_b = _train(tmp_path, "b_longer", "--total_steps", 512, "--load_model", tmp_path / "B")
+    assert resumed_a["total_steps"] == resumed_b["total_steps"] == 512
+
+
+def test_two_runs_writing_the_same_entry_at_once_both_succeed(tmp_path):
+    runs = [_train(tmp_path, f"racer{index}", "--total_steps", 128, background=True) for index in range(2)]
+    for index, process in enumerate(runs):
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, f"racer{index}: {stderr[-3000:]}"
+    assert len(list((tmp_path / "cache" / "programs").glob("*.programs"))) == 1
+    assert _train(tmp_path, "after", "--total_steps", 128)["programs_loaded"] is True
 
 
 def test_programs_loaded_on_four_devices_keep_their_devices(tmp_path):
