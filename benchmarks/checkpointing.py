@@ -15,6 +15,7 @@ to restore only the parameters (what `jaxdqn.evaluate` reads); medians are repor
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -28,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from benchmarks.machine import cpu_model
+from benchmarks.machine import cpu_model, default_out, report_written
 from jaxdqn import checkpoint
 from jaxdqn.config import TrainConfig, add_config_flags
 from jaxdqn.errors import OneLineParser
@@ -162,15 +163,21 @@ def markdown(config: TrainConfig, throughput_rows: list[dict], timing_rows: list
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m benchmarks.checkpointing", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="output path prefix: writes <out>.json and <out>.md")
+    parser.add_argument("--out", default=None, metavar="PREFIX",
+                        help="writes PREFIX.json and PREFIX.md (default: benchmarks/results/checkpointing_<machine>)")
     parser.add_argument("--machine", default=None, help='how to name the machine in the table, e.g. "2-core CPU"')
     parser.add_argument("--repeats", type=int, default=2, help="training runs of each mode")
     parser.add_argument("--timing_repeats", type=int, default=5, help="saves and restores timed per checkpoint kind")
     parser.add_argument("--scratch", default=None, help="folder for the checkpoints (default: a temporary folder)")
     parser.add_argument("--no_compile_cache", action="store_true", help="do not use the compilation cache")
     add_config_flags(parser, skip=("log_dir",))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
@@ -184,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     info = machine(args.machine)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_out("checkpointing", jax.devices()[0].device_kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"machine": info, "config": json.loads(config.to_json()), "throughput": throughput_rows,
                "save_restore": timing_rows, "args": {key: value for key, value in vars(args).items()
@@ -193,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(config, throughput_rows, timing_rows, info)
     out.with_name(out.name + ".md").write_text(table)
     print(table)
+    report_written("checkpointing", out.with_name(out.name + ".json"), out.with_name(out.name + ".md"))
     return 0
 
 

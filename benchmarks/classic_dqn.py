@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 import gymnasium
 import jax
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks.machine import default_out, report_written
 from jaxdqn.errors import OneLineParser
 from jaxdqn.networks import MLPQNetwork
 
@@ -150,16 +152,27 @@ def run(config: ClassicConfig, steps: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m benchmarks.classic_dqn", description=__doc__.splitlines()[0],
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--steps", type=int, default=20_000, help="timed env steps after the untimed buffer fill")
     parser.add_argument("--learning_starts", type=int, default=ClassicConfig.learning_starts,
                         help="untimed env steps that fill the buffer first")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", default=None, metavar="PATH",
+                        help="where to write the result as JSON "
+                             "(default: benchmarks/results/classic_dqn_<machine>.json)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     result = run(ClassicConfig(learning_starts=args.learning_starts, seed=args.seed), args.steps)
     print(json.dumps(result, indent=1))
+    out = Path(args.out) if args.out else default_out("classic_dqn", result["device"]).with_suffix(".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    report_written("classic_dqn", out)
     return 0
 
 

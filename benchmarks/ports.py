@@ -1,6 +1,6 @@
 """Throughput of the ported simulators: vmapped JAX port vs the Gymnasium reference stepped in Python.
 
-    python -m benchmarks.ports --out results/ports [--envs Taxi-v4 CliffWalking-v1]
+    python -m benchmarks.ports [--out results/ports] [--envs Taxi-v4 CliffWalking-v1]
                                [--num_envs 4096 65536] [--steps 1000] [--reference_steps 20000]
 
 For each port and each `--num_envs`, one jitted `lax.scan` of `--steps` vector steps runs the vmapped
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.machine import cpu_model
+from benchmarks.machine import cpu_model, default_out, report_written
 from jaxdqn import registry
 from jaxdqn.errors import OneLineParser
 
@@ -105,10 +105,11 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m benchmarks.ports", description=__doc__.splitlines()[0],
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", required=True, help="output path prefix: writes <out>.json and <out>.md")
+    parser.add_argument("--out", default=None, metavar="PREFIX",
+                        help="writes PREFIX.json and PREFIX.md (default: benchmarks/results/ports_<machine>)")
     parser.add_argument("--envs", nargs="+", default=["Taxi-v4", "CliffWalking-v1"],
                         help="registered envs; a Gymnasium row needs the port's `reference = \"gymnasium:ID\"`")
     parser.add_argument("--num_envs", nargs="+", type=int, default=[4096, 65536], help="vmapped batch sizes")
@@ -116,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each port configuration")
     parser.add_argument("--reference_steps", type=int, default=20_000, help="steps of the Gymnasium reference")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
     args = parser.parse_args(argv)
 
     results = []
@@ -133,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: port x{num_envs} {results[-1]['steps_per_second']:,.0f} steps/s "
                   f"(compile {results[-1]['compile_seconds']:.1f}s)", flush=True)
     info = machine()
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_out("ports", info["device"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_name(out.name + ".json").write_text(json.dumps({"machine": info, "args": vars(args),
                                                              "results": results}, indent=2))
     table = markdown(results, info)
     out.with_name(out.name + ".md").write_text(table)
     print(table)
+    report_written("ports", out.with_name(out.name + ".json"), out.with_name(out.name + ".md"))
     return 0
 
 

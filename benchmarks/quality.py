@@ -11,6 +11,7 @@ copied beside it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.machine import default_out, report_written
 from jaxdqn.errors import OneLineParser
 
 DEFAULT_ENVS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Breakout-MinAtar")
@@ -66,28 +68,37 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m benchmarks.quality", description=__doc__.split("\n")[0])
     parser.add_argument("--envs", nargs="+", default=list(DEFAULT_ENVS))
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--out", required=True, help="output path without extension (.json, .md, curves)")
+    parser.add_argument("--out", default=None, metavar="PREFIX",
+                        help="writes PREFIX.json, PREFIX.md and PREFIX_<env>.png learning curves "
+                             "(default: benchmarks/results/quality_<machine>)")
     parser.add_argument("extra", nargs="*", help="more flags for jaxdqn.train, after --")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for env in args.envs:
-            row = run_env(env, args.seeds, args.extra, Path(scratch))
+            rows.append(run_env(env, args.seeds, args.extra, Path(scratch)))
+            print(json.dumps({key: value for key, value in rows[-1].items() if key != "curve"}), flush=True)
+        device = next((row["device"] for row in rows if "device" in row), "unknown")
+        out = Path(args.out) if args.out else default_out("quality", device)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for row in rows:  # the learning curves, copied out of the scratch folder
             if "curve" in row:
-                curve = out.parent / f"{out.name}_{env}.png"
-                shutil.copyfile(row.pop("curve"), curve)
+                curve = out.parent / f"{out.name}_{row['env']}.png"
+                shutil.copyfile(row["curve"], curve)
                 row["curve"] = curve.name
-            rows.append(row)
-            print(json.dumps(row), flush=True)
     out.with_suffix(".json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
     out.with_suffix(".md").write_text(markdown(rows))
     print(markdown(rows))
+    report_written("quality", out.with_suffix(".json"), out.with_suffix(".md"),
+                   *(out.parent / row["curve"] for row in rows if "curve" in row))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ compilation cache) and cached, as in `benchmarks.time_to_solve`.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 
 from benchmarks import time_to_solve as tts
+from benchmarks.machine import default_out, report_written
 from jaxdqn.errors import OneLineParser
 
 
@@ -94,8 +96,8 @@ def time_to_solve(num_devices: int, scratch: Path) -> list[dict]:
             rows.append({"devices": num_devices, "run": run, "error": str(failure)})
             continue
         rows.append({"devices": num_devices, "run": run,
-                     **{key: summary[key] for key in ("seconds_to_solve", "steps_to_solve", "wall_s", "startup_s",
-                                                      "compile_s", "train_s", "device")}})
+                     **{key: summary[key] for key in ("seconds_to_solve_from_start", "steps_to_solve", "wall_s",
+                                                      "startup_s", "compile_s", "train_s", "device")}})
     return rows
 
 
@@ -149,8 +151,8 @@ def plot(rows: list[dict], solves: list[dict], path: Path) -> None:
     left.set(xlabel="devices", ylabel="weak-scaling efficiency (%)", ylim=(0, 110), title="training env steps/s")
     left.legend(fontsize=7)
     for run in ("cold", "cached"):
-        points = [(row["devices"], row["seconds_to_solve"]) for row in solves
-                  if row["run"] == run and row.get("seconds_to_solve") is not None]
+        points = [(row["devices"], row["seconds_to_solve_from_start"]) for row in solves
+                  if row["run"] == run and row.get("seconds_to_solve_from_start") is not None]
         if points:
             right.plot(*zip(*points), marker="o", label=run)
     right.set(xlabel="devices", ylabel="seconds from process start", ylim=(0, None),
@@ -163,7 +165,7 @@ def plot(rows: list[dict], solves: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--weak_envs", type=int, nargs="+", default=[4096, 65536], help="envs per device")
@@ -175,8 +177,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", action="store_true",
                         help="also run each multi-device point as one process per GPU (CUDA GPUs only)")
     parser.add_argument("--no_solve", action="store_true", help="skip the time-to-solve runs")
-    parser.add_argument("--out", required=True, help="output path without extension")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", default=None, metavar="PREFIX",
+                        help="writes PREFIX.json, PREFIX.md and PREFIX.png (default: benchmarks/results/"
+                             "scaling_<machine>, the machine with the most --devices)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
     layouts = [False, True] if args.processes else [False]
     rows, solves = [], []
     with tempfile.TemporaryDirectory() as scratch:
@@ -200,19 +208,20 @@ def main(argv: list[str] | None = None) -> None:
             f"steps/s and updates/s after the first chunk)\n\n" + "\n".join(efficiency_table(rows, args.devices)) + "\n")
     if solves:
         text += ("\nTime to solve CartPole, `python -m jaxdqn.train --env cartpole --until_solved --num_devices N` "
-                 "(defaults: 4096 envs in all)\n\n| devices | run | seconds to solve | env steps | start-up (s) "
+                 "(defaults: 4096 envs in all)\n\n| devices | run | seconds to solve (from process start) | env steps | start-up (s) "
                  "| compile (s) |\n|---:|---|---:|---:|---:|---:|\n")
         text += "".join(f"| {row['devices']} | {row['run']} | {row['error']} | | | |\n" if "error" in row else
-                        f"| {row['devices']} | {row['run']} | {_seconds(row['seconds_to_solve'])} "
+                        f"| {row['devices']} | {row['run']} | {_seconds(row['seconds_to_solve_from_start'])} "
                         f"| {row['steps_to_solve'] or '-'} | {row['startup_s']:.2f} | {row['compile_s']:.2f} |\n"
                         for row in solves)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_out("scaling", device, max(args.devices))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"device": device, "date": time.strftime("%Y-%m-%d"),
                                                     "rows": rows, "time_to_solve": solves}, indent=1))
     out.with_suffix(".md").write_text(text)
     plot(rows, solves, out.with_suffix(".png"))
     print(text)
+    report_written("scaling", *(out.with_suffix(suffix) for suffix in (".json", ".md", ".png")))
 
 
 if __name__ == "__main__":

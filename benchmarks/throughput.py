@@ -24,8 +24,9 @@ It reports env steps/s, gradient updates/s, microseconds per vector step, compil
 fused iteration against the sum of its phases measured alone (`train / (act + learn)`, the target is
 <= 1.1), and the speed-up over the classic loop (`benchmarks.classic_dqn`: one Gymnasium env in Python,
 numpy replay, a jitted update every 10 steps) timed in the same run. A phase that runs out of device
-memory is reported as OOM (and not tried at larger sizes). Outputs: `<out>.json`, `<out>.md` (both
-rewritten after every size, so an interrupted run keeps what it measured) and `<out>.png`.
+memory is reported as OOM (and not tried at larger sizes). Outputs (`--out`, by default
+`benchmarks/results/throughput_<machine>`): `<out>.json`, `<out>.md` (both rewritten after every size,
+so an interrupted run keeps what it measured) and `<out>.png`.
 `--plot_only` re-renders the markdown and the figure from an existing `<out>.json`.
 """
 
@@ -47,7 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.machine import cpu_model
+from benchmarks.machine import cpu_model, default_out, report_written
 from jaxdqn.errors import OneLineParser
 
 PHASES = ("env", "act", "learn", "train", "train_1x128", "act_learn")  # act_learn only with --fusion_check
@@ -533,8 +534,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_envs", default=None, metavar="LOW:HIGH",
                         help="every power of two from LOW to HIGH (both powers of two) "
                              f"(default: {DEFAULT_RANGE['gpu']} on a GPU, {DEFAULT_RANGE['cpu']} on a CPU)")
-    parser.add_argument("--out", default="benchmarks/results/throughput", metavar="PREFIX",
-                        help="writes PREFIX.json, PREFIX.md and PREFIX.png (default: %(default)s)")
+    parser.add_argument("--out", default=None, metavar="PREFIX",
+                        help="writes PREFIX.json, PREFIX.md and PREFIX.png (default: "
+                             "benchmarks/results/throughput_<machine>)")
     parser.add_argument("--iterations", type=int, default=None,
                         help="vector steps per jitted call of every phase (default: 100 on a GPU, 16 on a CPU)")
     parser.add_argument("--min_seconds", type=float, default=None,
@@ -568,11 +570,20 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def output_prefix(args: argparse.Namespace) -> Path:
+    if args.out:
+        return Path(args.out)
+    import jax
+
+    return default_out("throughput", jax.devices()[0].device_kind)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    out = Path(args.out)
     if args.plot_only:
+        out = output_prefix(args)
         write_outputs(json.loads(out.with_suffix(".json").read_text()), out, figure=True)
+        report_written("throughput", out.with_suffix(".md"), out.with_suffix(".png"))
         return 0
     for name in ("iterations", "repeats", "min_buffer_rows"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
@@ -596,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks.throughput: error: {error}", file=sys.stderr)
         return 2
     backend = "gpu" if jax.default_backend() == "gpu" else "cpu"
+    out = output_prefix(args)
     sizes = sizes or parse_range(DEFAULT_RANGE[backend])
     args.iterations = args.iterations or (100 if backend == "gpu" else 16)
     args.min_seconds = args.min_seconds if args.min_seconds is not None else (0.6 if backend == "gpu" else 1.5)
@@ -642,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     report["wall_s"] = time.perf_counter() - started
     write_outputs(report, out, figure=True)
     print(markdown(report))
+    report_written("throughput", *(out.with_suffix(suffix) for suffix in (".json", ".md", ".png")))
     return 0
 
 

@@ -12,15 +12,18 @@ defaults in `jaxdqn/config.py` were chosen (README, "Defaults for thousands of e
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import itertools
 import json
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.machine import default_out, report_written
 from jaxdqn.agent import DQN
 from jaxdqn.config import HParams, TrainConfig
 from jaxdqn.errors import OneLineParser
@@ -74,15 +77,21 @@ def run_shape(base: TrainConfig, grid: dict[str, list[float]], seeds: int) -> li
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m benchmarks.tune_defaults", description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="CartPole-v1")
     parser.add_argument("--shapes", nargs="+", default=["{}"], help="JSON TrainConfig overrides, one program each")
     parser.add_argument("--grid", default="{}", help='JSON {"lr": [...], ...} over traced hyperparameters')
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--base", default="{}", help="JSON overrides shared by every shape")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", default=None, metavar="PATH",
+                        help="where to write the results as JSON "
+                             "(default: benchmarks/results/tune_defaults_<machine>.json)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
     grid = json.loads(args.grid)
     results = []
     for shape in args.shapes:
@@ -90,9 +99,11 @@ def main(argv: list[str] | None = None) -> None:
         for row in run_shape(config, grid, args.seeds):
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "curves"}), flush=True)
-    if args.out:
-        with open(args.out, "w") as out_file:
-            json.dump({"device": jax.devices()[0].device_kind, "results": results}, out_file, indent=1)
+    device = jax.devices()[0].device_kind
+    out = Path(args.out) if args.out else default_out("tune_defaults", device).with_suffix(".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": device, "results": results}, indent=1))
+    report_written("tune_defaults", out)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Shapes and counts (num_envs, buffer_size, batch_size, network sizes) are static and fixed at compile
 time; the numbers one may sweep or vmap (learning rate, gamma, epsilon, tau) also travel as traced
-leaves in `HParams`, so one compiled program serves many of them.
+leaves in `HParams` (`jaxdqn.hparams`), so one compiled program serves many of them.
 
 The defaults are tuned for thousands of CartPole environments (see README, "Defaults for thousands of
 environments"): with 4096 envs each vector step brings 4096 transitions, so learning does several
@@ -14,19 +14,28 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax.numpy as jnp
-import numpy as np
-from flax import struct
+from jaxdqn.errors import ConfigError, OneLineParser
 
-from jaxdqn.errors import OneLineParser
-from jaxdqn.registry import ConfigError, EnvSpec
+if TYPE_CHECKING:  # this module imports neither JAX nor gymnax, so that `--help` and flag errors answer at once
+    from jaxdqn.hparams import HParams
+    from jaxdqn.registry import EnvSpec
 
 
-def _field(default: Any, help: str, *, flags: tuple[str, ...] = (), original: bool = False, cli: bool = True):
+def __getattr__(name: str):
+    if name == "HParams":  # `from jaxdqn.config import HParams` keeps working; it imports flax on first use
+        from jaxdqn.hparams import HParams
+
+        return HParams
+    raise AttributeError(f"module 'jaxdqn.config' has no attribute {name!r}")
+
+
+def _field(default: Any, help: str, *, flags: tuple[str, ...] = (), original: bool = False, cli: bool = True,
+           choices: tuple[str, ...] | None = None):
     return dataclasses.field(
-        default=default, metadata={"help": help, "flags": flags, "original": original, "cli": cli}
+        default=default,
+        metadata={"help": help, "flags": flags, "original": original, "cli": cli, "choices": choices},
     )
 
 
@@ -53,7 +62,7 @@ class TrainConfig:
     target_update_frequency: int = _field(1, "gradient updates between target-network updates",
                                           original=True)
     tau: float = _field(0.05, "target update weight: 1 copies the online network, <1 is Polyak averaging")
-    loss: str = _field("huber", "TD loss: huber (the original's smooth L1) or mse")
+    loss: str = _field("huber", "TD loss: huber (the original's smooth L1) or mse", choices=("huber", "mse"))
     double: bool = _field(True, "Double DQN targets (van Hasselt et al. 2016)")
     # Rainbow-style variants (Hessel et al. 2018), all off by default and combinable.
     n_step: int = _field(1, "n-step returns (Sutton 1988): sum an env's next n rewards, then bootstrap; "
@@ -82,7 +91,8 @@ class TrainConfig:
                                 "(jaxdqn.fused_update); --no-fused_update: XLA's kernels")
     acting_precision: str = _field("float32", "operand type of the fused acting kernel's matrix products: "
                                    "float32 or bfloat16 (faster acting, but CartPole learned less reliably with "
-                                   "it; accumulation, learning and evaluation stay float32)")
+                                   "it; accumulation, learning and evaluation stay float32)",
+                                   choices=("float32", "bfloat16"))
     # Host loop, evaluation, output.
     chunk_steps: int = _field(131_072, "env steps per jitted chunk: one metrics row and progress update "
                               "each (rounded to whole vector steps); a chunk's random keys, 8 bytes per env "
@@ -90,18 +100,19 @@ class TrainConfig:
     eval_frequency: int = _field(131_072, "env steps between greedy evaluations (rounded up to chunks)")
     eval_episodes: int = _field(128, "greedy episodes per evaluation, run in parallel")
     until_solved: bool = _field(False, "stop at the first evaluation that reaches the env's threshold")
-    log_dir: str | None = _field(None, "output folder (default runs/<env>-<time>)")
+    log_dir: str | None = _field(None, "output folder")
     # Many agents in one program (jaxdqn.population).
     num_seeds: int = _field(1, "independent agents trained at once, seeds seed, seed+1, ...")
-    sweep: tuple[str, ...] = _field((), "KEY=V1,V2,... one agent per value (per seed); several keys form a "
-                                    "grid; keys: lr, gamma, eps, min_eps, tau")
+    sweep: tuple[str, ...] = _field((), "KEY=V1,V2,... one agent per value (per seed); several keys, in one "
+                                    "--sweep or in several, form a grid; keys: lr, gamma, eps, min_eps, tau")
     # Devices (multi-device training).
-    num_devices: int | None = _field(None, "devices to shard envs and learning over (default: all)",
+    num_devices: int | None = _field(None, "devices to shard envs and learning over",
                                      flags=("--n_workers",), original=True)
     sync: str = _field("grads", "how several devices share one learner: grads = average the gradients of "
                        "every update (one learner with the global batch); params = each device updates on its "
                        "own samples and parameters, target and Adam moments are averaged after every vector "
-                       "step (local SGD: one all-reduce per vector step instead of updates_per_step)")
+                       "step (local SGD: one all-reduce per vector step instead of updates_per_step)",
+                       choices=("grads", "params"))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -116,7 +127,9 @@ class TrainConfig:
         return cls(**values)
 
     @property
-    def hparams(self) -> "HParams":
+    def hparams(self) -> HParams:
+        from jaxdqn.hparams import HParams
+
         return HParams.from_config(self)
 
     def validate(self) -> "TrainConfig":
@@ -158,12 +171,10 @@ class TrainConfig:
         for name in ("priority_alpha", "priority_beta"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.sync not in ("grads", "params"):
-            raise ConfigError(f"--sync must be grads or params, got {self.sync!r}")
-        if self.acting_precision not in ("bfloat16", "float32"):
-            raise ConfigError(f"--acting_precision must be bfloat16 or float32, got {self.acting_precision!r}")
-        if self.loss not in ("huber", "mse"):
-            raise ConfigError(f"--loss must be huber or mse, got {self.loss!r}")
+        for field in dataclasses.fields(self):
+            choices = field.metadata["choices"]
+            if choices is not None and getattr(self, field.name) not in choices:
+                raise ConfigError(f"--{field.name} must be {' or '.join(choices)}, got {getattr(self, field.name)!r}")
         if not self.hidden_sizes or any(width <= 0 for width in self.hidden_sizes):
             raise ConfigError(f"--hidden_sizes must be positive widths, got {self.hidden_sizes}")
         if self.num_seeds <= 0:
@@ -198,21 +209,6 @@ class TrainConfig:
         return max(1, -(-self.eval_frequency // (self.chunk_iterations * self.num_envs)))
 
 
-@struct.dataclass
-class HParams:
-    """The hyperparameters that may be traced (vmapped or swept) inside one compiled program."""
-
-    lr: jnp.ndarray
-    gamma: jnp.ndarray
-    eps: jnp.ndarray
-    min_eps: jnp.ndarray
-    tau: jnp.ndarray
-
-    @classmethod
-    def from_config(cls, config: TrainConfig) -> "HParams":
-        return cls(**{name: np.float32(getattr(config, name)) for name in ("lr", "gamma", "eps", "min_eps", "tau")})
-
-
 # Command line --------------------------------------------------------------------------------
 
 def _parse_sizes(text: str) -> tuple[int, ...]:
@@ -236,21 +232,24 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
             parser.add_argument(*names, dest=field.name, default=None, action=argparse.BooleanOptionalAction,
                                 help=f"{help_text} (default: {default})")
             continue
-        if field.name == "sweep":
-            parser.add_argument(*names, dest=field.name, nargs="+", default=None, metavar="KEY=V1,V2",
-                                help=f"{help_text} (default: none)")
+        if field.name == "sweep":  # repeated flags add up: --sweep lr=1e-4,1e-3 --sweep tau=0.05,1 is one grid
+            parser.add_argument(*names, dest=field.name, nargs="+", action="extend", default=None,
+                                metavar="KEY=V1,V2", help=f"{help_text} (default: none)")
             continue
         if field.name == "hidden_sizes":
             kind = _parse_sizes
             shown = ",".join(map(str, default))
-        elif field.name in ("log_dir", "env"):
+        elif field.name == "env":
             kind, shown = str, default
+        elif field.name == "log_dir":
+            kind, shown = str, "runs/<env>-<time>"
         elif field.name == "num_devices":
             kind, shown = int, "all"
         else:
             kind, shown = type(default), default
-        parser.add_argument(*names, dest=field.name, type=kind, default=None, metavar=field.name.upper(),
-                            help=f"{help_text} (default: {shown})")
+        choices = field.metadata["choices"]
+        parser.add_argument(*names, dest=field.name, type=kind, default=None, choices=choices,
+                            metavar=None if choices else field.name.upper(), help=f"{help_text} (default: {shown})")
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:

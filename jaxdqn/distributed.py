@@ -13,9 +13,9 @@ import argparse
 import os
 import sys
 
-import jax
-
 from jaxdqn.errors import ConfigError
+
+# JAX is imported inside the functions that use it: the trainer's flags (`add_flags`) parse without it.
 
 FLAGS = ("coordinator_address", "num_processes", "process_id")
 
@@ -57,6 +57,8 @@ def initialize_from_argv(prog: str, argv: list[str]) -> None:
 
 def initialize(args: argparse.Namespace) -> None:
     """Joins the multi-process runtime when asked or detected; checks the flags first."""
+    import jax
+
     if jax.distributed.is_initialized():
         return
     given = {name: getattr(args, name, None) for name in FLAGS}
@@ -82,8 +84,12 @@ def initialize(args: argparse.Namespace) -> None:
 
 def _use_cpu_collectives() -> None:
     """Cross-process collectives for the CPU backend (GPUs use NCCL regardless)."""
+    import jax
+
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 
 def is_main_process() -> bool:
+    import jax
+
     return jax.process_index() == 0

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
-
 from jaxdqn.config import make_parser
-from jaxdqn.registry import ConfigError
+from jaxdqn.errors import ConfigError
+
+# JAX is imported where it is used, so that `--help` and bad flags answer without its start-up.
 
 
 def make_evaluate_parser() -> argparse.ArgumentParser:
@@ -51,6 +50,9 @@ def evaluate(directory: str | Path, step: int | None = None, env: str | None = N
     Raises:
       ConfigError: an unusable checkpoint or env (see `jaxdqn.checkpoint.load_agent`), episodes <= 0.
     """
+    import jax
+    import numpy as np
+
     from jaxdqn.agent import evaluate_greedy
     from jaxdqn.checkpoint import load_agent
 

@@ -132,12 +132,38 @@ def plot_learning_curve(rows: list[dict[str, Any]], path: Path, title: str, thre
     plt.close(figure)
 
 
+def keep_previous_summary(log_dir: Path) -> Path | None:
+    """Renames `log_dir/summary.json`, if there is one, to `summary.<its env steps>.json` (never replacing a
+    file), so that a resumed run, or another run into the same folder, keeps the summary it would overwrite."""
+    path = log_dir / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        steps = json.loads(path.read_text())["total_steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        steps = "previous"
+    kept, copy = log_dir / f"summary.{steps}.json", 1
+    while kept.exists():  # the same step twice: resumed twice from one checkpoint
+        copy += 1
+        kept = log_dir / f"summary.{steps}.{copy}.json"
+    path.rename(kept)
+    return kept
+
+
 def summary_line(summary: dict[str, Any]) -> str:
-    """The one-line summary printed last."""
-    solved = (f"solved at {summary['steps_to_solve']:,} steps in {summary['seconds_to_solve']:.1f}s"
-              if summary.get("steps_to_solve") is not None else "not solved")
+    """The one-line summary printed last. "after start" counts from the process's start (a run resumed after
+    solving says so instead); "trained N env steps in T" is this process's training loop alone."""
+    steps, resumed_at = summary.get("steps_to_solve"), summary.get("resumed_from_step")
+    if steps is None:
+        solved = "not solved"
+    elif resumed_at is not None and steps <= resumed_at:
+        solved = f"solved at {steps:,} env steps, before the resume"
+    else:
+        solved = f"solved at {steps:,} env steps, {summary['seconds_to_solve_from_start']:.1f}s after start"
+    trained = summary["steps_trained"]
+    resumed = f" (resumed at {resumed_at:,})" if resumed_at is not None else ""
     agents = f"{summary['num_agents']} agents x " if summary.get("num_agents", 1) > 1 else ""
     return (f"{summary['env']}: eval return {summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f} "
-            f"over {agents}{summary['eval_episodes']} episodes; {solved}; {summary['total_steps']:,} env steps in "
+            f"over {agents}{summary['eval_episodes']} episodes; {solved}; trained {trained:,} env steps{resumed} in "
             f"{summary['train_s']:.1f}s ({summary['sps']:.3g} steps/s, compile {summary['compile_s']:.1f}s, "
             f"wall {summary['wall_s']:.1f}s) on {summary['num_devices']} {summary['device']}")

@@ -26,7 +26,12 @@ from jaxdqn.reporting import process_start_time
 
 PROCESS_START = process_start_time()
 
+# The flags need no JAX (so `--help` is fast); both names also stay importable from jaxdqn.train.
+from jaxdqn.train_flags import DEFAULT_COMPILE_CACHE, make_train_parser  # noqa: E402, F401
+
 if __name__ == "__main__":
+    # `--help` and malformed flags answer here, before the slow imports below (`main` parses them again).
+    make_train_parser().parse_args()
     # A run allocates the device memory it uses: preallocating most of a GPU's memory costs about 1 s of
     # every start on an H100. Set XLA_PYTHON_CLIENT_PREALLOCATE=true to get JAX's default back.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -51,15 +56,13 @@ if __name__ == "__main__":  # the device starts up while the modules below impor
 
 from jaxdqn import distributed, parallel, population, program_cache  # noqa: E402
 from jaxdqn.agent import DQN  # noqa: E402
-from jaxdqn.config import TrainConfig, add_config_flags, build_config, make_parser  # noqa: E402
+from jaxdqn.config import TrainConfig, build_config  # noqa: E402
 from jaxdqn.networks import make_network  # noqa: E402
 from jaxdqn.registry import ConfigError, EnvSpec, get_spec, make_env  # noqa: E402
-from jaxdqn.reporting import RunLog, plot_learning_curve, summary_line  # noqa: E402
+from jaxdqn.reporting import RunLog, keep_previous_summary, plot_learning_curve, summary_line  # noqa: E402
 
 if TYPE_CHECKING:  # jaxdqn.checkpoint imports Orbax, so it is imported only when a run uses it
     from jaxdqn.checkpoint import Checkpoint, CheckpointOptions
-
-DEFAULT_COMPILE_CACHE = os.environ.get("JAXDQN_COMPILE_CACHE", str(Path.home() / ".cache" / "jaxdqn" / "xla"))
 
 
 @dataclasses.dataclass
@@ -172,7 +175,7 @@ def default_log_dir(env_name: str) -> Path:
 
 
 def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool = True,
-          stream=sys.stderr, checkpoints: CheckpointOptions | None = None,
+          stream=None, checkpoints: CheckpointOptions | None = None,
           resume: Checkpoint | None = None, program_cache_dir: Path | None = None) -> dict[str, Any]:
     """Trains per `config`, writing outputs to `log_dir` (None: write nothing); returns the summary.
 
@@ -184,6 +187,7 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
     settings (see `jaxdqn.checkpoint.check_resume_config`).
     """
     startup_s = time.time() - PROCESS_START
+    stream = stream if stream is not None else sys.stderr  # looked up now: a caller may have replaced sys.stderr
     if resume is not None and resume.iteration >= config.total_iterations:
         raise ConfigError(f"the checkpoint is at {resume.step} env steps, already at --total_steps "
                           f"{config.total_steps}; pass a larger --total_steps to train on")
@@ -206,6 +210,7 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
         template = jax.block_until_ready(checkpoint.restore_state(resume, program.initial_state(),
                                                                   program.num_devices))
         restore_s = time.time() - restore_start
+        print(resume_line(resume), file=stream, flush=True)
     init, run_chunk, evaluate, programs_loaded = program.compile(program_cache_dir)
     state = template if template is not None else init(*program.init_args())
     eval_seed = np.int32(config.seed + 1)  # evaluation `index` uses the key fold_in(key(seed + 1), index)
@@ -297,8 +302,10 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
         "eval_length_mean": float(lengths.mean()),
         "eval_episodes": config.eval_episodes,
         "solved_threshold": threshold,
+        "steps_trained": steps_trained,
         "steps_to_solve": solved_at[0] if solved_at else None,
-        "seconds_to_solve": solved_at[1] if solved_at else None,
+        # from the start of the process that solved it: an earlier one when solved before a resume
+        "seconds_to_solve_from_start": solved_at[1] if solved_at else None,
         "seed": config.seed,
         "resumed_from_step": resume.step if resume is not None else None,
         "restore_s": restore_s,
@@ -317,52 +324,17 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
     if log_dir is not None:
         plot_learning_curve(log.rows, log_dir / "learning_curve.png", program.spec.name, threshold)
         summary["wall_s"] = time.time() - PROCESS_START
+        previous = keep_previous_summary(log_dir)
+        summary["previous_summary"] = previous.name if previous is not None else None
         log.write_json("summary.json", summary)
     return summary
 
 
-def make_train_parser() -> argparse.ArgumentParser:
-    parser = make_parser("jaxdqn.train", "Train a Deep Q-Network on vectorized gymnax environments. "
-                         "Flags marked [original flag] are those of the original PyTorch trainer.")
-    add_config_flags(parser)
-    parser.add_argument("--compile_cache", default=DEFAULT_COMPILE_CACHE, metavar="DIR",
-                        help="JAX persistent compilation cache folder, with the compiled programs in its "
-                             "programs/ folder; each kept under 1 GiB, least recently used deleted first "
-                             "(default: $JAXDQN_COMPILE_CACHE, else ~/.cache/jaxdqn/xla)")
-    parser.add_argument("--no_compile_cache", action="store_true", help="do not use the compilation cache")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-chunk log lines")
-    add_checkpoint_flags(parser)
-    distributed.add_flags(parser)
-    return parser
-
-
-def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags of saving and resuming; unset ones are absent from the namespace (resolved in `checkpoint_options`)."""
-    group = parser.add_argument_group("checkpoints (Orbax; see jaxdqn.checkpoint)")
-    unset = argparse.SUPPRESS
-    group.add_argument("--save_model", metavar="DIR", default=unset,
-                       help="save checkpoints to DIR (weights, optimizer, counters, RNG, env states and the "
-                            "config): every --checkpoint_frequency chunks and at the end. DIR must be new or "
-                            "empty unless it is the --load_model folder or --overwrite is given")
-    group.add_argument("--checkpoint_frequency", type=int, metavar="CHUNKS", default=unset,
-                       help="chunks between checkpoints; one chunk is --chunk_steps env steps, so a checkpoint "
-                            "every CHUNKS x chunk_steps env steps (default: 10, or the resumed run's)")
-    group.add_argument("--keep_checkpoints", type=int, metavar="N", default=unset,
-                       help="keep only the latest N checkpoints (default: 3, or the resumed run's)")
-    group.add_argument("--save_buffer", action=argparse.BooleanOptionalAction, default=unset,
-                       help="also save the replay buffer (buffer_size transitions: large). Without it a resumed "
-                            "run refills an empty buffer: it acts without learning until the buffer holds "
-                            "learning_starts transitions (or is full), then learns again "
-                            "(default: off, or the resumed run's)")
-    group.add_argument("--load_model", metavar="DIR", default=unset,
-                       help="resume the run saved in DIR from its latest complete checkpoint, with its config; "
-                            "flags may change settings that do not fix array shapes (e.g. --total_steps). "
-                            "Checkpoints keep going to DIR unless --save_model names another folder")
-    group.add_argument("--load_step", type=int, metavar="STEP", default=unset,
-                       help="resume from the checkpoint at STEP env steps instead of the latest")
-    group.add_argument("--overwrite", action="store_true", default=unset,
-                       help="let --save_model replace the checkpoints of another run, or, resuming from an "
-                            "earlier step into the same folder, the later checkpoints")
+def resume_line(resume: Checkpoint) -> str:
+    """The line a resumed run prints on stderr once its checkpoint has restored."""
+    saved_at = resume.meta.get("saved_at")  # absent from checkpoints written before it was recorded
+    when = saved_at.replace("T", " ") if saved_at else f"step {resume.step}"
+    return f"jaxdqn.train: resuming {resume.directory} from env step {resume.step:,} (checkpoint of {when})"
 
 
 def checkpoint_options(args: argparse.Namespace, resume: Checkpoint | None) -> CheckpointOptions | None:

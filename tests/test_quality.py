@@ -18,6 +18,8 @@ def test_quality_table_end_to_end(tmp_path):
         cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == \
+        f"benchmarks.quality: wrote {out}.json, {out}.md, {tmp_path / 'quality_CartPole-v1.png'}"
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     cartpole, pendulum = rows
     assert cartpole["seeds"] == 2 and len(cartpole["per_seed"]) == 2

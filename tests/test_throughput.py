@@ -27,6 +27,7 @@ def tiny_sweep(tmp_path_factory):
     result = run_benchmark("--num_envs", "64:128", "--iterations", "2", "--min_seconds", "0.1", "--repeats", "2",
                            "--classic_steps", "300", "--fusion_check", "--out", str(out), "--note", "test run")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == f"benchmarks.throughput: wrote {out}.json, {out}.md, {out}.png"
     return out, json.loads(out.with_suffix(".json").read_text())
 
 

@@ -1,0 +1,60 @@
+"""The trainer's command line, in a module that imports neither JAX nor gymnax.
+
+`python -m jaxdqn.train` parses its flags with this parser before its slow imports, so `--help` and
+malformed flags answer at once; `jaxdqn.train` re-exports `make_train_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from jaxdqn import distributed
+from jaxdqn.config import add_config_flags, make_parser
+
+DEFAULT_COMPILE_CACHE = os.environ.get("JAXDQN_COMPILE_CACHE", str(Path.home() / ".cache" / "jaxdqn" / "xla"))
+
+
+def make_train_parser() -> argparse.ArgumentParser:
+    parser = make_parser("jaxdqn.train", "Train a Deep Q-Network on vectorized gymnax environments. "
+                         "Flags marked [original flag] are those of the original PyTorch trainer.")
+    add_config_flags(parser)
+    parser.add_argument("--compile_cache", default=DEFAULT_COMPILE_CACHE, metavar="DIR",
+                        help="JAX persistent compilation cache folder, with the compiled programs in its "
+                             "programs/ folder; each kept under 1 GiB, least recently used deleted first "
+                             "(default: $JAXDQN_COMPILE_CACHE, else ~/.cache/jaxdqn/xla)")
+    parser.add_argument("--no_compile_cache", action="store_true", help="do not use the compilation cache")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-chunk log lines")
+    add_checkpoint_flags(parser)
+    distributed.add_flags(parser)
+    return parser
+
+
+def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of saving and resuming; unset ones are absent from the namespace (resolved in `jaxdqn.train.checkpoint_options`)."""
+    group = parser.add_argument_group("checkpoints (Orbax; see jaxdqn.checkpoint)")
+    unset = argparse.SUPPRESS
+    group.add_argument("--save_model", metavar="DIR", default=unset,
+                       help="save checkpoints to DIR (weights, optimizer, counters, RNG, env states and the "
+                            "config): every --checkpoint_frequency chunks and at the end. DIR must be new or "
+                            "empty unless it is the --load_model folder or --overwrite is given")
+    group.add_argument("--checkpoint_frequency", type=int, metavar="CHUNKS", default=unset,
+                       help="chunks between checkpoints; one chunk is --chunk_steps env steps, so a checkpoint "
+                            "every CHUNKS x chunk_steps env steps (default: 10, or the resumed run's)")
+    group.add_argument("--keep_checkpoints", type=int, metavar="N", default=unset,
+                       help="keep only the latest N checkpoints (default: 3, or the resumed run's)")
+    group.add_argument("--save_buffer", action=argparse.BooleanOptionalAction, default=unset,
+                       help="also save the replay buffer (buffer_size transitions: large). Without it a resumed "
+                            "run refills an empty buffer: it acts without learning until the buffer holds "
+                            "learning_starts transitions (or is full), then learns again "
+                            "(default: off, or the resumed run's)")
+    group.add_argument("--load_model", metavar="DIR", default=unset,
+                       help="resume the run saved in DIR from its latest complete checkpoint, with its config; "
+                            "flags may change settings that do not fix array shapes (e.g. --total_steps). "
+                            "Checkpoints keep going to DIR unless --save_model names another folder")
+    group.add_argument("--load_step", type=int, metavar="STEP", default=unset,
+                       help="resume from the checkpoint at STEP env steps instead of the latest")
+    group.add_argument("--overwrite", action="store_true", default=unset,
+                       help="let --save_model replace the checkpoints of another run, or, resuming from an "
+                            "earlier step into the same folder, the later checkpoints")
