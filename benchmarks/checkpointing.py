@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from benchmarks import checks
 from benchmarks.machine import cpu_model, default_out, report_written
 from jaxdqn import checkpoint
 from jaxdqn.config import TrainConfig, add_config_flags
@@ -179,10 +180,14 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    checks.positive(parser, args, "repeats", "timing_repeats")
+    if args.scratch is not None and not Path(args.scratch).is_dir():
+        parser.error(f"--scratch {args.scratch}: no such folder")
     try:
         config = config_from_args(args)
+        build_program(config)  # what only building finds (devices, the env itself), before any run
     except ConfigError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        parser.error(str(error))
     enable_compile_cache(None if args.no_compile_cache else DEFAULT_COMPILE_CACHE)
     scratch = Path(tempfile.mkdtemp(prefix="jaxdqn-ckpt-bench-", dir=args.scratch))
     try:

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import checks
 from benchmarks.machine import default_out, report_written
 from jaxdqn.errors import OneLineParser
 from jaxdqn.networks import MLPQNetwork
@@ -166,7 +167,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    checks.positive(parser, args, "steps")
+    checks.non_negative(parser, args, "learning_starts")
+    checks.seed(parser, args)
     result = run(ClassicConfig(learning_starts=args.learning_starts, seed=args.seed), args.steps)
     print(json.dumps(result, indent=1))
     out = Path(args.out) if args.out else default_out("classic_dqn", result["device"]).with_suffix(".json")

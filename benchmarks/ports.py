@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import checks
 from benchmarks.machine import cpu_model, default_out, report_written
 from jaxdqn import registry
 from jaxdqn.errors import OneLineParser
@@ -123,13 +124,17 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
-
-    results = []
+    checks.positive(parser, args, "num_envs", "steps", "repeats", "reference_steps")
+    checks.seed(parser, args)
+    references = {}  # every env built before any is timed
     for name in args.envs:
         try:
-            reference = getattr(registry.make_env(name)[1], "reference", None) or ""
+            references[name] = getattr(registry.make_env(name)[1], "reference", None) or ""
         except registry.ConfigError as error:
-            parser.exit(2, f"{parser.prog}: error: {error}\n")
+            parser.error(str(error))
+
+    results = []
+    for name, reference in references.items():
         if reference.startswith("gymnasium:"):  # the port's reference, as jaxdqn.check_port uses it
             results.append(reference_steps_per_second(reference.partition(":")[2], args.reference_steps, args.seed))
             results[-1]["env"] = name

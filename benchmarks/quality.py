@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import checks
 from benchmarks.machine import default_out, report_written
 from jaxdqn.errors import OneLineParser
 
@@ -79,13 +80,20 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = make_parser().parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    checks.positive(parser, args, "seeds")
+    checks.env_names(parser, args.envs)  # an env known but untrainable (Pendulum-v1) fails in its row
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for env in args.envs:
             rows.append(run_env(env, args.seeds, args.extra, Path(scratch)))
             print(json.dumps({key: value for key, value in rows[-1].items() if key != "curve"}), flush=True)
+        if all("error" in row for row in rows):  # nothing measured: nothing written
+            print(markdown(rows))
+            print(f"{parser.prog}: error: every environment failed", file=sys.stderr)
+            return 1
         device = next((row["device"] for row in rows if "device" in row), "unknown")
         out = Path(args.out) if args.out else default_out("quality", device)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(rows))
     report_written("quality", out.with_suffix(".json"), out.with_suffix(".md"),
                    *(out.parent / row["curve"] for row in rows if "curve" in row))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,13 +1,14 @@
 """Multi-device scaling: training throughput (weak and strong) and time to solve CartPole on 1..N devices.
 
 Throughput: each point is a fresh `python -m jaxdqn.train` run on the first N devices
-(`--num_devices N`) with the defaults, and its figure is the steady training env steps/s: env steps
-over wall time from the end of the first chunk to the end of the last (from metrics.csv). The first
-chunk is reported apart (`first_chunk_s`): it carries one-time costs of a fresh process, such as
-creating the NCCL communicators of a multi-device program, which in a short run would swamp the
-steady rate. Weak scaling keeps envs and batch per device fixed (global num_envs and batch_size grow
-with N); strong scaling splits a fixed global num_envs and batch. Each point is run for every
-`--sync` mode and, with `--processes`, also as N processes of one GPU each (`jax.distributed` on
+(`--num_devices N`) with the defaults (but learning from the first chunk on, which leaves the default
+`--learning_starts` of 32,768 env steps at 1,024 envs and more), and its figure is the steady training
+env steps/s: env steps over wall time from the end of the first chunk to the end of the last (from
+metrics.csv). The first chunk is reported apart (`first_chunk_s`): it carries one-time costs of a
+fresh process, such as creating the NCCL communicators of a multi-device program, which in a short
+run would swamp the steady rate. Weak scaling keeps envs and batch per device fixed (global num_envs
+and batch_size grow with N); strong scaling splits a fixed global num_envs and batch. Each point is
+run for every `--sync` mode and, with `--processes`, also as N processes of one GPU each (`jax.distributed` on
 localhost, `CUDA_VISIBLE_DEVICES` per process) besides one process driving N GPUs.
 
 Time to solve: `python -m jaxdqn.train --env cartpole --until_solved` with every default (4096 envs in
@@ -30,8 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import checks
 from benchmarks import time_to_solve as tts
 from benchmarks.machine import default_out, report_written
+from jaxdqn.config import TrainConfig
 from jaxdqn.errors import OneLineParser
 
 
@@ -39,8 +42,13 @@ def train_sps(num_devices: int, num_envs: int, batch_size: int, iterations: int,
               processes: bool) -> dict:
     """Trains one point; returns process 0's figures (or the error). `processes`: one process per GPU."""
     log_dir = scratch / f"run-{num_devices}-{num_envs}-{sync}-{processes}"
+    while log_dir.exists():  # a folder of its own: a weak and a strong point may have the same num_envs
+        log_dir = log_dir.with_name(log_dir.name + "+")
+    # Learning starts within the first chunk (timed apart), so that the steady rate is always training's.
+    learning_starts = min(TrainConfig.learning_starts, 32 * num_envs)
     command = [sys.executable, "-m", "jaxdqn.train", "--num_envs", str(num_envs),
-               "--batch_size", str(batch_size), "--buffer_size", str(max(262_144, num_envs * 64)),
+               "--learning_starts", str(learning_starts), "--batch_size", str(batch_size),
+               "--buffer_size", str(max(262_144, num_envs * 64)),
                "--total_steps", str(iterations * num_envs), "--chunk_steps", str(32 * num_envs),
                "--eval_frequency", str(iterations * num_envs), "--quiet", "--compile_cache", str(scratch / "cache"),
                "--sync", sync, "--log_dir", str(log_dir)]
@@ -116,8 +124,10 @@ def efficiency_table(rows: list[dict], devices: list[int]) -> list[str]:
         if "sps" not in row:
             lines.append(f"{head} | {row['error']} | | | | |")
             continue
-        row["efficiency"] = row["sps"] / (base[reference(row)]["sps"] * row["devices"] / min(devices))
-        lines.append(f"{head} | {row['sps']:.3g} | {row['updates_per_s']:.3g} | {row['efficiency']:.0%} "
+        if reference(row) in base:  # else the fewest devices' point failed: no efficiency
+            row["efficiency"] = row["sps"] / (base[reference(row)]["sps"] * row["devices"] / min(devices))
+        efficiency = f"{row['efficiency']:.0%}" if "efficiency" in row else "-"
+        lines.append(f"{head} | {row['sps']:.3g} | {row['updates_per_s']:.3g} | {efficiency} "
                      f"| {row['first_chunk_s']:.2f} | {row['chunk_s']:.3f} |")
     return lines
 
@@ -183,8 +193,26 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = make_parser().parse_args(argv)
+def check_devices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 unless every point can run: positive sizes, two chunks at least, and device counts that exist
+    here and split the strong point's envs and the batch of 256 (strong and time-to-solve runs) evenly."""
+    checks.positive(parser, args, "devices", "weak_envs", "strong_envs", "iterations")
+    if args.iterations <= 32:
+        parser.error(f"--iterations must be more than 32 (two chunks of 32, the first timed apart), "
+                     f"got {args.iterations}")
+    for n in args.devices:
+        if 256 % n or args.strong_envs % n:
+            parser.error(f"--devices {n}: the strong point's {args.strong_envs} envs and batch of 256 must divide "
+                         f"evenly over the devices")
+    available = checks.device_count()
+    if available is not None and max(args.devices) > available:
+        parser.error(f"--devices {max(args.devices)} asked for, but JAX finds {available} device(s) here")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    check_devices(parser, args)
     layouts = [False, True] if args.processes else [False]
     rows, solves = [], []
     with tempfile.TemporaryDirectory() as scratch:
@@ -204,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
                 solves += time_to_solve(n, Path(scratch))
                 print(json.dumps(solves[-2:]), flush=True)
     device = next((row["device"] for row in rows if "device" in row), "unknown")
+    failed = all("error" in row for row in rows + solves)
     text = (f"Training throughput scaling on {device} (defaults, {args.iterations} vector steps per run; env "
             f"steps/s and updates/s after the first chunk)\n\n" + "\n".join(efficiency_table(rows, args.devices)) + "\n")
     if solves:
@@ -214,6 +243,10 @@ def main(argv: list[str] | None = None) -> None:
                         f"| {row['devices']} | {row['run']} | {_seconds(row['seconds_to_solve_from_start'])} "
                         f"| {row['steps_to_solve'] or '-'} | {row['startup_s']:.2f} | {row['compile_s']:.2f} |\n"
                         for row in solves)
+    if failed:  # nothing measured: nothing written
+        print(text)
+        print(f"{parser.prog}: error: every run failed", file=sys.stderr)
+        return 1
     out = Path(args.out) if args.out else default_out("scaling", device, max(args.devices))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"device": device, "date": time.strftime("%Y-%m-%d"),
@@ -222,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     plot(rows, solves, out.with_suffix(".png"))
     print(text)
     report_written("scaling", *(out.with_suffix(suffix) for suffix in (".json", ".md", ".png")))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

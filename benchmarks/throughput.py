@@ -48,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks import checks
 from benchmarks.machine import cpu_model, default_out, report_written
 from jaxdqn.errors import OneLineParser
 
@@ -579,33 +580,36 @@ def output_prefix(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    if args.plot_only:
-        out = output_prefix(args)
-        write_outputs(json.loads(out.with_suffix(".json").read_text()), out, figure=True)
-        report_written("throughput", out.with_suffix(".md"), out.with_suffix(".png"))
-        return 0
-    for name in ("iterations", "repeats", "min_buffer_rows"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            print(f"benchmarks.throughput: error: --{name} must be positive", file=sys.stderr)
-            return 2
-    try:  # before importing JAX: a bad range costs no start-up
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    # Before importing JAX: a bad flag costs no start-up.
+    checks.positive(parser, args, "iterations", "repeats", "min_buffer_rows", "min_seconds", "compare_steps",
+                    "time_budget")
+    checks.non_negative(parser, args, "classic_steps")
+    try:
         sizes = parse_range(args.num_envs) if args.num_envs else None
     except ValueError as error:
-        print(f"benchmarks.throughput: error: {error}", file=sys.stderr)
-        return 2
+        parser.error(str(error))
+    if args.plot_only:
+        out = output_prefix(args)
+        try:
+            report = json.loads(out.with_suffix(".json").read_text())
+        except (OSError, ValueError) as error:
+            parser.error(f"--plot_only re-renders {out.with_suffix('.json')}, which cannot be read "
+                         f"({type(error).__name__}: {' '.join(str(error).split())})")
+        if not isinstance(report, dict) or not {"machine", "settings", "sizes"} <= set(report):
+            parser.error(f"--plot_only: {out.with_suffix('.json')} is not a report of benchmarks.throughput")
+        write_outputs(report, out, figure=True)
+        report_written("throughput", out.with_suffix(".md"), out.with_suffix(".png"))
+        return 0
     started = time.perf_counter()
+    env_name = checks.env_names(parser, [args.env])[0]
     import jax
 
     from benchmarks import classic_dqn
     from jaxdqn.config import build_config
-    from jaxdqn.registry import ConfigError, get_spec
+    from jaxdqn.registry import get_spec
 
-    try:
-        env_name = get_spec(args.env).name
-    except ConfigError as error:
-        print(f"benchmarks.throughput: error: {error}", file=sys.stderr)
-        return 2
     backend = "gpu" if jax.default_backend() == "gpu" else "cpu"
     out = output_prefix(args)
     sizes = sizes or parse_range(DEFAULT_RANGE[backend])

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import checks
 from benchmarks.machine import default_out, report_written
 from jaxdqn.errors import OneLineParser
 
@@ -60,8 +61,11 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = make_parser().parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    checks.positive(parser, args, "num_envs")
+    checks.env_names(parser, [args.env])
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for num_envs in args.num_envs:
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     out.with_suffix(".md").write_text(markdown(rows, device))
     print(markdown(rows, device))
     report_written("time_to_solve", out.with_suffix(".json"), out.with_suffix(".md"))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

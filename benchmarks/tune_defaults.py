@@ -23,11 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import checks
 from benchmarks.machine import default_out, report_written
 from jaxdqn.agent import DQN
 from jaxdqn.config import HParams, TrainConfig
-from jaxdqn.errors import OneLineParser
+from jaxdqn.errors import ConfigError, OneLineParser
 from jaxdqn.networks import make_network
+from jaxdqn.population import SWEEPABLE
 from jaxdqn.registry import make_env
 
 
@@ -90,12 +92,56 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = make_parser().parse_args(argv)
-    grid = json.loads(args.grid)
-    results = []
+def _json(parser: argparse.ArgumentParser, flag: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        parser.error(f"{flag} {text!r}: not JSON ({error})")
+    if not isinstance(value, dict):
+        parser.error(f"{flag} {text!r}: expected a JSON object")
+    return value
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[TrainConfig], dict]:
+    """Every shape's config and the grid, checked before any training (exit 2 on the first bad one)."""
+    checks.positive(parser, args, "seeds")
+    env = checks.env_names(parser, [args.env])[0]
+    base, grid = _json(parser, "--base", args.base), _json(parser, "--grid", args.grid)
+    for key, values in grid.items():
+        if key not in SWEEPABLE:
+            parser.error(f"--grid key {key!r}: not a traced hyperparameter; sweepable: {', '.join(SWEEPABLE)}")
+        if not (isinstance(values, list) and values and all(isinstance(v, (int, float)) for v in values)):
+            parser.error(f"--grid {key}: expected a non-empty list of numbers, got {values!r}")
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    configs = []
     for shape in args.shapes:
-        config = TrainConfig(env=args.env, **{**json.loads(args.base), **json.loads(shape)}).validate()
+        overrides = {key: tuple(value) if isinstance(value, list) else value  # JSON has no tuples
+                     for key, value in {**base, **_json(parser, "--shapes", shape)}.items()}
+        unknown = sorted(set(overrides) - known)
+        if "env" in overrides:
+            parser.error(f"--shapes {shape!r} or --base: give the environment with --env")
+        if unknown:
+            parser.error(f"--shapes {shape!r} or --base: unknown setting {unknown[0]!r}")
+        try:
+            config = TrainConfig(env=env, **overrides).validate()
+        except ConfigError as error:
+            parser.error(f"--shapes {shape!r}: {error}")
+        for values in itertools.product(*grid.values()):  # each grid point must be valid too
+            point = dict(zip(grid, values))
+            try:
+                dataclasses.replace(config, **point).validate()
+            except ConfigError as error:
+                parser.error(f"--grid point {point} with --shapes {shape!r}: {error}")
+        configs.append(config)
+    return configs, grid
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    configs, grid = check_args(parser, args)
+    results = []
+    for config in configs:
         for row in run_shape(config, grid, args.seeds):
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "curves"}), flush=True)
@@ -104,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": device, "results": results}, indent=1))
     report_written("tune_defaults", out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

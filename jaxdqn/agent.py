@@ -140,6 +140,12 @@ class ChunkMetrics(struct.PyTreeNode):
     epsilon: jnp.ndarray  # at the end of the chunk
     iteration: jnp.ndarray
     updates: jnp.ndarray
+    params_finite: jnp.ndarray  # whether every online parameter is finite at the end of the chunk
+
+
+def all_finite(tree) -> jnp.ndarray:
+    """One boolean: whether every element of every leaf of `tree` is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
 class DQN:
@@ -637,6 +643,8 @@ class DQN:
             epsilon=self.epsilon(state.iteration, state.hparams),
             iteration=state.iteration,
             updates=state.updates,
+            # Parameters are the same on every device (averaged gradients or parameters): device 0's check suffices.
+            params_finite=all_finite(state.params),
         )
         return state, metrics
 

@@ -44,11 +44,11 @@ port's `max_steps_in_episode`, and the report says so; one whose limit differs f
 divergence (field `time_limit`).
 
 Exit status: 0 when the port matches, 1 on a divergence (the report is printed), 2 with one line on
-stderr when the input is unusable: an unknown env or reference, or a port that breaks the contract
-of step 1 (wrong shapes or dtypes, Python control flow on traced values, ...). An observation that
-leaves `observation_space` only later, in the lockstep run, is a divergence (field
-`observation_space`). `check_port()` returns the `Report`, or raises `ConfigError` (its subclass
-`PortError` for contract failures) where the command line exits with status 2.
+stderr when the input is unusable: a numeric flag out of range (checked before any work), an unknown
+env or reference, or a port that breaks the contract of step 1 (wrong shapes or dtypes, Python control
+flow on traced values, ...). An observation that leaves `observation_space` only later, in the lockstep
+run, is a divergence (field `observation_space`). `check_port()` returns the `Report`, or raises
+`ConfigError` (its subclass `PortError` for contract failures) where the command line exits with status 2.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ import argparse
 import dataclasses
 import importlib
 import linecache
+import math
 import os
 import sys
 import time
@@ -680,8 +681,7 @@ def check_port(env_name: str | Environment, reference: str | None = None, episod
       PortError: the port breaks the API contract (a ConfigError).
     """
     started = time.perf_counter()
-    if episodes <= 0:
-        raise ConfigError(f"--episodes must be positive, got {episodes}")
+    check_arguments(episodes, seed, num_envs, atol)
     name, env, params = resolve_port(env_name, params)
     reference = reference or getattr(env, "reference", None)
     if not reference:
@@ -720,6 +720,18 @@ def check_port(env_name: str | Environment, reference: str | None = None, episod
     if passed:
         checks.append(passed)
     return report(divergence, episodes_done, steps)
+
+
+def check_arguments(episodes: int, seed: int, num_envs: int, atol: float) -> None:
+    """Raises ConfigError, before any work, for a numeric argument outside its range."""
+    if episodes <= 0:
+        raise ConfigError(f"--episodes must be positive, got {episodes}")
+    if num_envs <= 0:
+        raise ConfigError(f"--num_envs must be positive, got {num_envs}")
+    if not 0 <= seed < 2**32:  # numpy's and Gymnasium's seeds are non-negative
+        raise ConfigError(f"--seed must be in [0, 2**32), got {seed}")
+    if not (math.isfinite(atol) and atol >= 0):  # a NaN tolerance would fail every float comparison
+        raise ConfigError(f"--atol must be a finite number >= 0, got {atol}")
 
 
 # Command line ------------------------------------------------------------------------------------

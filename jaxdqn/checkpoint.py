@@ -26,8 +26,8 @@ count toward `total_steps`; the iteration, update and optimizer counts, hence th
 learning-rate schedules, continue from the checkpoint.
 
 Every unusable input (missing folder, no complete checkpoint, a network that does not fit the
-environment, a corrupt or truncated checkpoint, a folder holding another run) raises `ConfigError`
-with a one-line reason, before anything is written.
+environment, a corrupt or truncated checkpoint, parameters that are not finite, a folder holding another
+run) raises `ConfigError` with a one-line reason, before anything is written.
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
+import errno
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -47,6 +49,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxdqn import __version__, parallel
@@ -61,6 +64,10 @@ RESUMABLE_FORMATS = (2, 3)  # older formats still evaluate: their `params` item 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # how Orbax names a step folder that is still being written
 # Settings that fix the shapes of the saved arrays: a resumed run may not change them.
 SHAPE_FIELDS = ("env", "num_envs", "buffer_size", "hidden_sizes", "layer_norm", "dueling", "n_step", "prioritized")
+# What every checkpoint's config holds (format 1 on): without them the network cannot be rebuilt as it was saved.
+REQUIRED_CONFIG = ("env", "num_envs", "buffer_size", "hidden_sizes", "layer_norm")
+# Where `--overwrite` moves the checkpoints it replaces until the run's first own checkpoint is complete.
+REPLACED = ".replaced"
 _REQUIRED_META = ("iteration", "num_devices", "obs_shape", "num_actions", "buffer_saved")
 
 
@@ -145,6 +152,9 @@ def find(directory: str | Path, step: int | None = None, flag: str = "--load_mod
         unfinished = _unfinished(directory)
         detail = (f" (only an unfinished save, {unfinished[0]}, from a run stopped while saving)"
                   if unfinished else "")
+        if (directory / REPLACED).is_dir():
+            detail += (f"; {directory / REPLACED} holds the checkpoints an --overwrite run replaced before it was "
+                       f"stopped: move them back into {directory} to resume them")
         raise ConfigError(f"{flag} {directory} holds no complete checkpoint{detail}")
     if step is None:
         step = steps[-1]
@@ -159,7 +169,7 @@ def find(directory: str | Path, step: int | None = None, flag: str = "--load_mod
         with _quiet_orbax():
             restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
                                                                       meta=ocp.args.JsonRestore()))
-        config, meta = TrainConfig.from_dict(restored.config), dict(restored.meta)
+        config, meta = _checked_config(restored.config, directory / str(step)), dict(restored.meta)
         if meta.get("format", 0) > FORMAT_VERSION:
             raise ConfigError(f"{flag} {directory}: checkpoint format {meta['format']} is newer than this "
                               f"jaxdqn reads ({FORMAT_VERSION}); upgrade jaxdqn")
@@ -173,6 +183,19 @@ def find(directory: str | Path, step: int | None = None, flag: str = "--load_mod
     finally:
         manager.close()
     return Checkpoint(directory=directory, step=step, config=config, meta=meta)
+
+
+def _checked_config(values: Any, where: Path) -> TrainConfig:
+    """The saved config as a `TrainConfig`; a missing or invalid field is a ConfigError naming it (never a default)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"checkpoint {where}: its config is not a JSON object")
+    missing = [name for name in REQUIRED_CONFIG if name not in values]
+    if missing:
+        raise ConfigError(f"checkpoint {where}: its config lacks {', '.join(missing)}")
+    try:
+        return TrainConfig.from_dict(values).validate()
+    except ConfigError as error:
+        raise ConfigError(f"checkpoint {where} has an invalid config: {error}") from None
 
 
 def _list(steps: Sequence[int]) -> str:
@@ -211,6 +234,22 @@ def _from_orbax(text: str, traceback_object) -> bool:
             return True
         traceback_object = traceback_object.tb_next
     return False
+
+
+def _quiet_failed_writes() -> None:
+    """Keeps a failed save (a full disk) to the one error `Checkpointer._write` raises: Orbax's threads also log
+    it with tracebacks, and TensorStore's callbacks print "Event loop is closed" tracebacks after it."""
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_from_orbax_record)  # adding it again is a no-op
+    if not getattr(sys.excepthook, "drops_closed_loop", False):
+        previous = sys.excepthook
+
+        def hook(kind, value, traceback_object) -> None:
+            if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+                previous(kind, value, traceback_object)
+
+        hook.drops_closed_loop = True
+        sys.excepthook = hook
 
 
 def _drop_orbax_unraisable(previous: Callable) -> Callable:
@@ -266,9 +305,9 @@ def check_save_dir(directory: str | Path, *, overwrite: bool = False, resume: Ch
 
     A new or empty folder is fine. A folder of checkpoints is accepted when the run resumes from its
     latest one; resuming from an earlier step, or saving over another run, needs `overwrite`, which
-    removes the later (or all) step folders. A non-empty folder without checkpoints needs `overwrite`
-    too (its files are left alone). Unfinished saves (Orbax tmp folders) in an accepted folder are
-    removed.
+    replaces the later (or all) step folders (`Checkpointer` deletes them once its first checkpoint is
+    complete). A non-empty folder without checkpoints needs `overwrite` too (its files are left alone).
+    Unfinished saves (Orbax tmp folders) in an accepted folder are removed.
 
     Raises:
       ConfigError: the folder holds another run (or later checkpoints) and `overwrite` is off.
@@ -293,12 +332,18 @@ def check_save_dir(directory: str | Path, *, overwrite: bool = False, resume: Ch
         if steps or unfinished:
             raise ConfigError(f"--save_model {directory} already holds checkpoints of another run; resume it "
                               f"with --load_model {directory}, or pass --overwrite to replace them")
-        raise ConfigError(f"--save_model {directory} is not empty and holds no checkpoints; use a new folder "
-                          f"or pass --overwrite")
+        replaced = (f" (only {directory / REPLACED}: checkpoints an --overwrite run replaced before it was stopped)"
+                    if (directory / REPLACED).is_dir() else "")
+        raise ConfigError(f"--save_model {directory} is not empty and holds no checkpoints{replaced}; use a new "
+                          f"folder or pass --overwrite")
     return [directory / str(step) for step in steps] + unfinished
 
 
 # Saving ----------------------------------------------------------------------------------------
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, read-only or removed folder); the CLI prints one line."""
+
 
 class Checkpointer:
     """Saves a run's checkpoints asynchronously, keeping the latest `options.keep`.
@@ -319,8 +364,19 @@ class Checkpointer:
                  obs_shape: Sequence[int], num_actions: int, log_dir: Path | None = None,
                  resume: Checkpoint | None = None):
         self.options = options.validate()
+        _quiet_failed_writes()
+        # Unfinished saves are never usable: removed now. The checkpoints this run replaces (--overwrite) are
+        # moved into REPLACED and deleted once this run's first checkpoint is complete: a run stopped before
+        # that leaves them there.
+        self.replaced = Path(options.directory) / REPLACED
         for folder in check_save_dir(options.directory, overwrite=options.overwrite, resume=resume):
-            shutil.rmtree(folder)
+            if TMP_SUFFIX in folder.name:
+                shutil.rmtree(folder)
+                continue
+            self.replaced.mkdir(exist_ok=True)
+            if (self.replaced / folder.name).exists():  # left by an earlier stopped run: older than this one
+                shutil.rmtree(self.replaced / folder.name)
+            folder.rename(self.replaced / folder.name)
         self.config = config
         self.static_meta = {
             "format": FORMAT_VERSION,
@@ -370,10 +426,25 @@ class Checkpointer:
         return step
 
     def _write(self, step: int, items: ocp.args.Composite) -> None:
-        """Runs on the writer thread: writes one checkpoint and returns once it is committed."""
-        if not self.manager.save(step, args=items):
+        """Runs on the writer thread: writes one checkpoint and returns once it is committed; then the
+        checkpoints it replaces (`REPLACED`) are deleted.
+
+        Raises:
+          CheckpointWriteError: the write failed (a full disk, a read-only or removed folder); the earlier
+            checkpoints are kept, and Orbax's unfinished tmp folder is removed when the run is resumed.
+        """
+        try:
+            saved = self.manager.save(step, args=items)
+            if saved:
+                self.manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001  (Orbax and TensorStore raise many types for I/O errors)
+            raise CheckpointWriteError(f"the checkpoint at env step {step:,} could not be written to "
+                                       f"{self.options.directory} ({_io_reason(error)}); the earlier checkpoints "
+                                       f"there are kept") from error
+        if not saved:
             raise RuntimeError(f"Orbax declined to save step {step} in {self.options.directory}")
-        self.manager.wait_until_finished()
+        if self.replaced.is_dir():
+            shutil.rmtree(self.replaced)
 
     def _collect_writes(self, wait: bool) -> None:
         """Forgets the finished writes (with `wait`, all of them once finished), raising the first one's error."""
@@ -389,6 +460,16 @@ class Checkpointer:
             self.writer.shutdown(wait=True)  # also after an error or Ctrl-C: the later saves finish too
             self.manager.close()
             self.close_s += time.time() - start
+
+
+def _io_reason(error: Exception) -> str:
+    """A short reason for a failed write: the OS's words, where TensorStore's long message holds them."""
+    text = " ".join(str(error).split())
+    if not isinstance(error, OSError):
+        for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.ENOENT, errno.EIO):
+            if os.strerror(code) in text:
+                return os.strerror(code)
+    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
 
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -485,7 +566,7 @@ def load_agent(directory: str | Path, step: int | None = None, env: str | None =
     """Restores the agent saved in `directory`; the env and network come from its config unless `env` is given.
 
     Raises:
-      ConfigError: see `find`, `check_env` and `restore_params`.
+      ConfigError: see `find`, `check_env`, `restore_params` and `check_finite`.
     """
     from jaxdqn.networks import make_network
     from jaxdqn.registry import make_env
@@ -498,7 +579,20 @@ def load_agent(directory: str | Path, step: int | None = None, env: str | None =
     network = make_network(obs_shape, num_actions, checkpoint.config, spec.make_network)
     abstract = jax.eval_shape(network.init, jax.random.key(0), jnp.zeros((1, *obs_shape), jnp.float32))
     params = restore_params(checkpoint, abstract)
+    check_finite(checkpoint, params)
     return SavedAgent(checkpoint, spec.name, environment, env_params, network, params)
+
+
+def check_finite(checkpoint: Checkpoint, params) -> None:
+    """Raises ConfigError if any saved parameter is NaN or infinite (a run that diverged; jaxdqn.train
+    never saves one, but an older version or another tool may have)."""
+    if all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(params)):
+        return
+    earlier = [step for step in complete_steps(checkpoint.directory) if step < checkpoint.step]
+    hint = (f"; pick a step saved before it diverged with --load_step (earlier steps: {_list(earlier)})"
+            if earlier else "")
+    raise ConfigError(f"checkpoint {checkpoint.directory / str(checkpoint.step)}: its parameters are not finite "
+                      f"(NaN or inf: the run diverged){hint}")
 
 
 _greedy_actions_jit = jax.jit(greedy_actions, static_argnums=0)

@@ -14,9 +14,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import numbers
 from typing import TYPE_CHECKING, Any
 
 from jaxdqn.errors import ConfigError, OneLineParser
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # the device program's counters and seeds are int32
 
 if TYPE_CHECKING:  # this module imports neither JAX nor gymnax, so that `--help` and flag errors answer at once
     from jaxdqn.hparams import HParams
@@ -47,7 +51,7 @@ class TrainConfig:
                       "or package.module:EnvClass", flags=("--environment",), original=True)
     num_envs: int = _field(4096, "environments stepped in parallel (global, split over devices)")
     total_steps: int = _field(3_000_000, "env steps to train for (all envs together)")
-    seed: int = _field(0, "random seed")
+    seed: int = _field(0, "random seed (int32; evaluation uses seed + 1)")
     # Replay and learning.
     buffer_size: int = _field(262_144, "replay capacity in transitions (global; a multiple of num_envs "
                               "is kept)", original=True)
@@ -100,7 +104,8 @@ class TrainConfig:
     eval_frequency: int = _field(131_072, "env steps between greedy evaluations (rounded up to chunks)")
     eval_episodes: int = _field(128, "greedy episodes per evaluation, run in parallel")
     until_solved: bool = _field(False, "stop at the first evaluation that reaches the env's threshold")
-    log_dir: str | None = _field(None, "output folder")
+    log_dir: str | None = _field(None, "output folder; one holding an earlier run's outputs needs --overwrite "
+                                 "(a resumed run may write to its own), and one run at a time writes to it")
     # Many agents in one program (jaxdqn.population).
     num_seeds: int = _field(1, "independent agents trained at once, seeds seed, seed+1, ...")
     sweep: tuple[str, ...] = _field((), "KEY=V1,V2,... one agent per value (per seed); several keys, in one "
@@ -122,7 +127,7 @@ class TrainConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         values = {key: value for key, value in values.items() if key in known}
         for name in ("hidden_sizes", "sweep"):
-            if name in values:
+            if isinstance(values.get(name), list):  # JSON lists; anything else is left for `validate` to name
                 values[name] = tuple(values[name])
         return cls(**values)
 
@@ -134,6 +139,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Checks the settings; raises ConfigError with a one-line reason."""
+        self._check_types()
         positive = ("num_envs", "total_steps", "buffer_size", "batch_size", "updates_per_step",
                     "target_update_frequency", "eps_decay_steps", "chunk_steps", "eval_frequency",
                     "eval_episodes")
@@ -181,7 +187,53 @@ class TrainConfig:
             raise ConfigError(f"--num_seeds must be positive, got {self.num_seeds}")
         if self.num_devices is not None and self.num_devices <= 0:
             raise ConfigError(f"--num_devices must be positive, got {self.num_devices}")
+        self._check_int32_counters()
         return self
+
+    def _check_types(self) -> None:
+        """Each field has its type (a config read from JSON may not) and every float is finite."""
+        for field in dataclasses.fields(self):
+            value, default = getattr(self, field.name), field.default
+            if field.name in ("hidden_sizes", "sweep"):  # tuples of ints, of strings
+                kind = numbers.Integral if field.name == "hidden_sizes" else str
+                ok = isinstance(value, tuple) and all(isinstance(item, kind) and not isinstance(item, bool)
+                                                      for item in value)
+                expected = f"a list of {'strings' if kind is str else 'integers'}"
+            elif field.name in ("log_dir", "num_devices"):  # optional
+                kind = str if field.name == "log_dir" else numbers.Integral
+                ok = value is None or (isinstance(value, kind) and not isinstance(value, bool))
+                expected = f"{'a string' if kind is str else 'an integer'} or null"
+            elif isinstance(default, bool):
+                ok, expected = isinstance(value, bool), "true or false"
+            elif isinstance(default, float):
+                ok, expected = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+                if ok and not math.isfinite(value):
+                    raise ConfigError(f"--{field.name} must be a finite number, got {value}")
+            elif isinstance(default, int):
+                ok, expected = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
+            else:
+                ok, expected = isinstance(value, str), "a string"
+            if not ok:
+                raise ConfigError(f"--{field.name} must be {expected}, got {value!r}")
+
+    def _check_int32_counters(self) -> None:
+        """The device program counts in int32: seeds, vector steps, gradient updates and buffer slots must fit."""
+        # Evaluation uses seed + 1 and agents seed ... seed + num_seeds - 1; keys are made from int32 seeds.
+        top = INT32_MAX - max(1, self.num_seeds - 1)
+        if not INT32_MIN <= self.seed <= top:
+            raise ConfigError(f"--seed must be between {INT32_MIN} and {top}, got {self.seed}: seeds are int32, and "
+                              f"evaluation uses seed + 1 (agents seed ... seed + num_seeds - 1)")
+        if self.total_iterations > INT32_MAX:
+            raise ConfigError(f"--total_steps {self.total_steps} is {self.total_iterations:,} vector steps of "
+                              f"--num_envs {self.num_envs}; the int32 step counter allows at most {INT32_MAX:,} "
+                              f"(--total_steps up to {INT32_MAX * self.num_envs:,})")
+        if self.total_iterations * self.updates_per_step > INT32_MAX:
+            raise ConfigError(f"--total_steps {self.total_steps} makes {self.total_iterations * self.updates_per_step:,} "
+                              f"gradient updates ({self.total_iterations:,} vector steps x --updates_per_step "
+                              f"{self.updates_per_step}); the int32 update counter allows at most {INT32_MAX:,}")
+        if self.buffer_rows * self.num_envs > INT32_MAX:
+            raise ConfigError(f"--buffer_size {self.buffer_size} exceeds the int32 index of the replay buffer: "
+                              f"at most {INT32_MAX:,} transitions")
 
     # Derived counts -------------------------------------------------------------------------
     @property
@@ -263,4 +315,9 @@ def build_config(flags: dict[str, Any], spec: EnvSpec, base: TrainConfig | None 
         values.update(spec.defaults)
     values.update({key: value for key, value in flags.items() if value is not None})
     values["env"] = spec.name
-    return TrainConfig.from_dict(values).validate()
+    config = TrainConfig.from_dict(values).validate()
+    # A run must learn something (`TrainConfig.validate` alone allows it: tests step the acting alone).
+    if config.learning_starts >= config.total_steps:
+        raise ConfigError(f"--learning_starts ({config.learning_starts}) must be below --total_steps "
+                          f"({config.total_steps}): the run would make no gradient update")
+    return config

@@ -12,3 +12,7 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite loss or parameters; the CLI prints it as one line, exit code 3."""

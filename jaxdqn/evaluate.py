@@ -34,9 +34,14 @@ def make_evaluate_parser() -> argparse.ArgumentParser:
                              "actions must fit the saved network")
     parser.add_argument("--episodes", type=int, default=None, metavar="N",
                         help="greedy episodes, run in parallel (default: the run's eval_episodes)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the episodes' resets and dynamics (default: 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the episodes' resets and dynamics, an int32 (default: 0)")
     parser.add_argument("--out", default=None, metavar="PATH",
-                        help="where to write the results as JSON (a folder gets eval.json; default: DIR/eval.json)")
+                        help="where to write the results as JSON (a folder gets eval.json; default: DIR/eval.json); "
+                             "checked writable before evaluating")
+    parser.add_argument("--trust_checkpoint_code", action="store_true",
+                        help="import the module the checkpoint's config names as its environment "
+                             "(package.module:Attribute), which runs its code; without it, only if --env names it")
     parser.add_argument("--compile_cache", default=None, metavar="DIR",
                         help="JAX persistent compilation cache folder (default: the trainer's)")
     parser.add_argument("--no_compile_cache", action="store_true", help="do not use the compilation cache")
@@ -48,18 +53,27 @@ def evaluate(directory: str | Path, step: int | None = None, env: str | None = N
     """Restores the agent in `directory` and runs greedy episodes; returns the results (see eval.json).
 
     Raises:
-      ConfigError: an unusable checkpoint or env (see `jaxdqn.checkpoint.load_agent`), episodes <= 0.
+      ConfigError: an unusable checkpoint (damaged, or parameters that are not finite) or env (see
+        `jaxdqn.checkpoint.load_agent`), episodes <= 0, a seed outside int32, episodes that do not fit in memory.
     """
+    import dataclasses
+
     import jax
     import numpy as np
 
+    from jaxdqn import preflight
     from jaxdqn.agent import evaluate_greedy
     from jaxdqn.checkpoint import load_agent
+    from jaxdqn.config import INT32_MAX, INT32_MIN
 
     if episodes is not None and episodes <= 0:
         raise ConfigError(f"--episodes must be positive, got {episodes}")
+    if not INT32_MIN <= seed <= INT32_MAX:
+        raise ConfigError(f"--seed must be between {INT32_MIN} and {INT32_MAX} (int32), got {seed}")
     agent = load_agent(directory, step, env)
     episodes = episodes or agent.config.eval_episodes
+    config = dataclasses.replace(agent.config, eval_episodes=episodes)
+    preflight.check_memory(preflight.estimate_memory(config, agent.env, agent.env_params, agent.network, training=False))
     run = jax.jit(evaluate_greedy, static_argnums=(0, 2, 5))
     start = time.time()
     returns, lengths = run(agent.env, agent.env_params, agent.network, agent.params, jax.random.key(seed), episodes)
@@ -101,17 +115,26 @@ def output_path(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = make_evaluate_parser().parse_args(argv)
     try:
+        from jaxdqn import preflight
+        from jaxdqn.checkpoint import find
         from jaxdqn.train import DEFAULT_COMPILE_CACHE, enable_compile_cache
 
+        preflight.check_no_empty_values(vars(args))  # --out '' would mean the current folder
+        # Before any work: the checkpoint is readable, its env is one the user asked for, the output writable.
+        checkpoint = find(args.load_model, args.load_step)
+        preflight.check_checkpoint_env(checkpoint.config.env, args.env, args.trust_checkpoint_code)
+        path = output_path(args)
+        preflight.check_output_file(path, "--out")  # by default DIR/eval.json
         enable_compile_cache(None if args.no_compile_cache else (args.compile_cache or DEFAULT_COMPILE_CACHE))
         result = evaluate(args.load_model, args.load_step, args.env, args.episodes, args.seed)
-        path = output_path(args)
-        if not path.parent.is_dir():
-            raise ConfigError(f"--out {args.out}: folder {path.parent} does not exist")
     except ConfigError as error:
         print(f"jaxdqn.evaluate: error: {error}", file=sys.stderr)
         return 2
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    try:
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as error:  # a full disk, or the folder removed meanwhile
+        print(f"jaxdqn.evaluate: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
     print(result_line(result), flush=True)
     print(f"wrote {path}", flush=True)
     return 0

@@ -9,6 +9,8 @@ of size one, so the single-device path is never forked.
 
 Outside `shard_map` every leaf of the state (and of the metrics) carries a leading device axis,
 sharded over the mesh; inside, each device sees its own slice without that axis.
+
+The programs that run environment code are traced with `check_vma=False` (see `CHECK_VMA`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,17 @@ from jaxdqn.agent import DQN
 from jaxdqn.registry import ConfigError
 
 AXIS = "devices"
+
+# `check_vma` for the `shard_map`s that run environment code (`init`, `run_chunk`). With JAX's default,
+# True, each value's type records the mesh axes it varies over, and a loop's carry must keep its type.
+# Environments are third-party code that knows nothing of this: gymnax's Asterix-MinAtar starts a
+# `lax.while_loop` from a constant carry that its body makes vary over the devices, which the check
+# rejects, and we cannot reach into that loop to `pcast` its carry. False turns the type tracking off;
+# the programs compute the same numbers (checked bit for bit on CPU and GPU). It also drops what we do
+# not use (JAX's shard_map docs): the check that outputs left out of `out_specs` are replicated (ours are
+# all split over AXIS) and efficient reverse-mode autodiff through collectives (we differentiate none:
+# gradients are averaged after `jax.grad`).
+CHECK_VMA = False
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -62,14 +75,15 @@ def make_init(dqn: DQN, mesh: Mesh, num_agents: int = 1):
         return jax.tree.map(lambda leaf: leaf[None], per_agent(key, hparams))
 
     return jax.jit(jax.shard_map(init, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec()),
-                                 out_specs=PartitionSpec(AXIS)))
+                                 out_specs=PartitionSpec(AXIS), check_vma=CHECK_VMA))
 
 
 def make_run_chunk(dqn: DQN, mesh: Mesh, num_iterations: int, num_agents: int = 1):
     """`run_chunk(state) -> (state, metrics)`, jitted with the state donated (updated in place)."""
     chunk = functools.partial(dqn.run_chunk, num_iterations=num_iterations)
     chunk = _per_device(jax.vmap(chunk) if num_agents > 1 else chunk)
-    sharded = jax.shard_map(chunk, mesh=mesh, in_specs=PartitionSpec(AXIS), out_specs=PartitionSpec(AXIS))
+    sharded = jax.shard_map(chunk, mesh=mesh, in_specs=PartitionSpec(AXIS), out_specs=PartitionSpec(AXIS),
+                            check_vma=CHECK_VMA)
     return jax.jit(sharded, donate_argnums=0, compiler_options=dqn.chunk_compiler_options())
 
 

@@ -180,7 +180,7 @@ def get_spec(name: str) -> EnvSpec:
             name,
             EnvSpec(
                 name=name,
-                make_env=_checked_factory(name, lambda: gymnax.make(name)),
+                make_env=_checked_factory(name, lambda: _make_gymnax(name)),
                 defaults=GYMNAX_DEFAULTS.get(name, {}),
                 solved_threshold=SOLVED_THRESHOLDS.get(name),
             ),
@@ -197,6 +197,21 @@ def make_env(name: str) -> tuple[EnvSpec, Environment, Any]:
     spec = get_spec(name)
     env, env_params = spec.make_env()
     return spec, env, env_params
+
+
+# Where a gymnax env's data comes from, for the error when it cannot be loaded.
+DATA_HINTS = {"MNISTBandit-bsuite": "gymnax downloads MNIST into /tmp/mnist on first use; "
+                                    "to run offline, put its four .gz files there"}
+
+
+def _make_gymnax(name: str) -> Any:
+    """`gymnax.make(name)`; an env whose data cannot be fetched (MNISTBandit-bsuite downloads MNIST) is a ConfigError."""
+    try:
+        return gymnax.make(name)
+    except (OSError, EOFError) as error:  # URLError is an OSError; a truncated download ends in EOFError
+        reason = " ".join(str(error).split())  # one line
+        message = f"environment {name!r} could not load its data ({type(error).__name__}: {reason})"
+        raise ConfigError(message + (f"; {DATA_HINTS[name]}" if name in DATA_HINTS else "")) from None
 
 
 def _checked_factory(name: str, factory: Callable[[], Any]) -> Callable[[], tuple[Environment, Any]]:
@@ -223,12 +238,31 @@ def _checked_factory(name: str, factory: Callable[[], Any]) -> Callable[[], tupl
     return make
 
 
+def is_import_path(name: str) -> bool:
+    """Whether `get_spec(name)` would import a module named by `name` (`package.module:Attribute`): not a
+    registered name, alias or gymnax id. Importing a module runs its code."""
+    _load_builtin_envs()
+    name = ALIASES.get(name.lower(), name)
+    return ":" in name and name not in _REGISTRY and name not in gymnax.registered_envs
+
+
+def _one_line(error: BaseException) -> str:
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message}"[:300] if message else type(error).__name__
+
+
 def _spec_from_import_path(path: str) -> EnvSpec:
     module_name, _, attr = path.partition(":")
+    if not module_name.strip() or not attr.strip():
+        raise ConfigError(f"environment {path!r}: expected package.module:Attribute (an importable module, then "
+                          f"an Environment class or factory in it)")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ConfigError(f"cannot import {module_name!r} for environment {path!r}: {error}") from None
+    except Exception as error:  # noqa: BLE001  (a user's module may fail to parse, or raise anything)
+        hint = ("; give the module's import name (package.module, found on sys.path), not a file path"
+                if module_name.endswith(".py") or "/" in module_name or "\\" in module_name else "")
+        raise ConfigError(f"cannot import module {module_name!r} for environment {path!r}: "
+                          f"{_one_line(error)}{hint}") from None
     if path in _REGISTRY:  # the module registered itself under its import path
         return _REGISTRY[path]
     if not hasattr(module, attr):
@@ -238,7 +272,25 @@ def _spec_from_import_path(path: str) -> EnvSpec:
         return target
     if not callable(target):
         raise ConfigError(f"{path!r} is neither an Environment class nor a factory")
-    return register(path, target)
+    spec = register(path, target)
+    # The user's class or factory may raise anything when built (abstract, needs arguments, a bug): one line.
+    _REGISTRY[path] = spec = dataclasses.replace(spec, make_env=_reporting_errors(path, module_name, spec.make_env))
+    return spec
+
+
+def _reporting_errors(path: str, module_name: str, make: Callable[[], Any]) -> Callable[[], Any]:
+    """`make`, raising any error but a ConfigError as a one-line ConfigError naming the module."""
+
+    def made() -> Any:
+        try:
+            return make()
+        except ConfigError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            raise ConfigError(f"environment {path!r} (module {module_name!r}) could not be built: "
+                              f"{_one_line(error)}") from None
+
+    return made
 
 
 def _validate_default_keys(spec: EnvSpec) -> None:

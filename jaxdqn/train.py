@@ -12,13 +12,15 @@ metrics, shows progress and saves Orbax checkpoints (`--save_model`, `--load_mod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import datetime
 import functools
+import math
 import os
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +56,10 @@ def _start_backend() -> None:
 if __name__ == "__main__":  # the device starts up while the modules below import
     threading.Thread(target=_start_backend, daemon=True).start()
 
-from jaxdqn import distributed, parallel, population, program_cache  # noqa: E402
+from jaxdqn import distributed, parallel, population, preflight, program_cache  # noqa: E402
 from jaxdqn.agent import DQN  # noqa: E402
 from jaxdqn.config import TrainConfig, build_config  # noqa: E402
+from jaxdqn.errors import TrainingDiverged  # noqa: E402
 from jaxdqn.networks import make_network  # noqa: E402
 from jaxdqn.registry import ConfigError, EnvSpec, get_spec, make_env  # noqa: E402
 from jaxdqn.reporting import RunLog, keep_previous_summary, plot_learning_curve, summary_line  # noqa: E402
@@ -134,10 +137,7 @@ def build_program(config: TrainConfig) -> Program:
     spec, env, env_params = make_env(config.env)
     mesh = parallel.make_mesh(config.num_devices)
     num_devices = mesh.size
-    if config.num_envs % num_devices:
-        raise ConfigError(f"--num_envs {config.num_envs} does not divide evenly over {num_devices} devices")
-    if config.batch_size % num_devices:
-        raise ConfigError(f"--batch_size {config.batch_size} does not divide evenly over {num_devices} devices")
+    check_divides(config, num_devices)
     obs_shape = env.observation_space(env_params).shape
     network = make_network(obs_shape, env.action_space(env_params).n, config, spec.make_network)
     dqn = DQN(config, env, env_params, network, num_devices=num_devices, axis_name=parallel.AXIS)
@@ -145,6 +145,29 @@ def build_program(config: TrainConfig) -> Program:
     return Program(config, spec, dqn, mesh, parallel.make_init(dqn, mesh, len(agents)),
                    parallel.make_run_chunk(dqn, mesh, config.chunk_iterations, len(agents)),
                    parallel.make_evaluate(dqn, config.eval_episodes, len(agents)), agents)
+
+
+def check_divides(config: TrainConfig, num_devices: int) -> None:
+    """Raises ConfigError unless the envs and the batch split evenly over the devices."""
+    if config.num_envs % num_devices:
+        raise ConfigError(f"--num_envs {config.num_envs} does not divide evenly over {num_devices} devices")
+    if config.batch_size % num_devices:
+        raise ConfigError(f"--batch_size {config.batch_size} does not divide evenly over {num_devices} devices")
+
+
+def check_devices_and_memory(config: TrainConfig) -> None:
+    """Before any work: the devices exist and divide the run, and its arrays fit in memory (`jaxdqn.preflight`).
+
+    Builds the env and the network's shapes (nothing is allocated or compiled); `build_program` builds them again.
+    """
+    spec, env, env_params = make_env(config.env)
+    num_devices = parallel.make_mesh(config.num_devices).size
+    check_divides(config, num_devices)
+    obs_shape = env.observation_space(env_params).shape
+    network = make_network(obs_shape, env.action_space(env_params).n, config, spec.make_network)
+    num_agents = config.num_seeds * math.prod(len(values) for values in population.parse_sweep(config.sweep).values())
+    parts = preflight.estimate_memory(config, env, env_params, network, num_agents)
+    preflight.check_memory(parts, num_agents, num_devices)
 
 
 XLA_CACHE_MAX_BYTES = 1 << 30  # JAX's own entries in the compile cache folder (`programs/` has its own bound)
@@ -166,12 +189,6 @@ def enable_compile_cache(path: str | None, max_bytes: int = XLA_CACHE_MAX_BYTES)
     except ImportError:
         return
     jax.config.update("jax_compilation_cache_max_size", max_bytes)
-
-
-def default_log_dir(env_name: str) -> Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    safe = "".join(char if char.isalnum() or char in "-_." else "_" for char in env_name)
-    return Path("runs") / f"{safe}-{stamp}"
 
 
 def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool = True,
@@ -238,12 +255,18 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
     train_start = time.time()
     eval_s = 0.0
     last_eval = None
+    updates_before = start_updates
     try:
         for chunk in range(start_chunk, config.num_chunks):
             state, metrics = run_chunk(state)
-            metrics = jax.tree.map(lambda leaf: np.nanmean(leaf) if leaf.ndim else leaf,  # over agents
-                                   parallel.first_device(metrics))
+            agent_metrics = parallel.first_device(metrics)  # leaves [agents] with several agents
+            with warnings.catch_warnings():  # before learning starts every agent's loss is NaN: no warning
+                warnings.simplefilter("ignore", RuntimeWarning)
+                metrics = jax.tree.map(lambda leaf: np.nanmean(leaf) if leaf.ndim else leaf, agent_metrics)
             env_steps = int(metrics.iteration) * config.num_envs
+            # Checked before anything reads the state: a diverged state is never evaluated or saved.
+            diverged = divergence(agent_metrics, int(metrics.updates) > updates_before, agents)
+            updates_before = int(metrics.updates)
             last_chunk = chunk == config.num_chunks - 1
             row = {
                 "env_steps": env_steps,
@@ -255,6 +278,11 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
                 "loss": float(metrics.loss),
                 "epsilon": float(metrics.epsilon),
             }
+            if diverged is not None:
+                log.add_row(row)  # metrics.csv shows the diverged chunk
+                log.close()
+                raise TrainingDiverged(f"training diverged at env step {env_steps:,}: {diverged}"
+                                       f"{last_good_checkpoint(saver, resume)}")
             if (chunk + 1) % config.eval_every_chunks == 0 or last_chunk:
                 eval_start = time.time()
                 returns, lengths = evaluate(parallel.first_device_block(state.params), eval_seed, np.int32(chunk))
@@ -330,6 +358,35 @@ def train(config: TrainConfig, log_dir: Path | None = None, show_progress: bool 
     return summary
 
 
+def divergence(metrics, learned: bool, agents: list[population.Agent]) -> str | None:
+    """Why a chunk diverged (a non-finite loss or online parameters), or None if it did not.
+
+    `metrics`: the chunk's `ChunkMetrics` on the host, each leaf `[agents]` with several agents;
+    `learned`: whether the chunk took gradient updates (its loss is NaN when it took none).
+    """
+    losses = np.atleast_1d(metrics.loss)
+    bad_loss = ~np.isfinite(losses) if learned else np.zeros(losses.shape, bool)
+    bad = bad_loss | ~np.atleast_1d(metrics.params_finite)
+    if not bad.any():
+        return None
+    index = int(np.argmax(bad))  # the first diverged agent
+    reason = f"the loss is {losses[index]}" if bad_loss[index] else "the online parameters are not finite"
+    if len(agents) == 1:
+        return reason
+    return f"agent {agents[index].label} ({int(bad.sum())} of {len(agents)} agents diverged): {reason}"
+
+
+def last_good_checkpoint(saver, resume: Checkpoint | None) -> str:
+    """The error's note on the latest checkpoint saved before divergence (every saved one was finite)."""
+    if saver is None:
+        return ""
+    if saver.saved_steps:
+        return f" (last good checkpoint: step {saver.saved_steps[-1]:,} in {saver.options.directory})"
+    if resume is not None:
+        return f" (last good checkpoint: step {resume.step:,} in {resume.directory})"
+    return " (no checkpoint saved yet)"
+
+
 def resume_line(resume: Checkpoint) -> str:
     """The line a resumed run prints on stderr once its checkpoint has restored."""
     saved_at = resume.meta.get("saved_at")  # absent from checkpoints written before it was recorded
@@ -342,7 +399,7 @@ def checkpoint_options(args: argparse.Namespace, resume: Checkpoint | None) -> C
     flags = vars(args)
     directory = flags.get("save_model") or (resume.directory if resume is not None else None)
     if directory is None:
-        for name in ("checkpoint_frequency", "keep_checkpoints", "save_buffer", "overwrite"):
+        for name in ("checkpoint_frequency", "keep_checkpoints", "save_buffer"):
             if name in flags:
                 raise ConfigError(f"--{name} needs --save_model (or --load_model)")
         return None
@@ -367,14 +424,18 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_train_parser().parse_args(argv)
+    log_dir = None  # named by an error writing the outputs
     try:
         distributed.initialize(args)
         main_process = distributed.is_main_process()
+        flags = vars(args)
+        preflight.check_no_empty_values(flags)  # --env '', --save_model '' ... would silently mean a default
         resume = None
-        if "load_model" in vars(args):
+        if "load_model" in flags:
             from jaxdqn import checkpoint
 
-            resume = checkpoint.find(args.load_model, vars(args).get("load_step"))
+            resume = checkpoint.find(args.load_model, flags.get("load_step"))
+            preflight.check_checkpoint_env(resume.config.env, args.env, args.trust_checkpoint_code)
         elif "load_step" in vars(args):
             raise ConfigError("--load_step needs --load_model")
         config = config_from_args(args, base=resume.config if resume is not None else None)
@@ -389,17 +450,42 @@ def main(argv: list[str] | None = None) -> int:
             from jaxdqn import checkpoint
 
             checkpoint.check_save_dir(saving.directory, overwrite=saving.overwrite, resume=resume)
+            saving_flag = "--save_model" if "save_model" in flags else "--load_model"
+            preflight.check_writable(saving.directory, saving_flag,
+                                     "" if "save_model" in flags else "; pass --save_model with a writable folder")
+        own_log_dir = resume.meta.get("log_dir") if resume is not None else None
+        log_dir = config.log_dir or own_log_dir
+        log_dir = Path(log_dir) if log_dir else None  # None: a new runs/<env>-<time> folder
+        overwrite = flags.get("overwrite", False)
+        if main_process:
+            preflight.check_log_dir(log_dir or Path("runs"), overwrite=overwrite or log_dir is None, own=own_log_dir)
         compile_cache = None if args.no_compile_cache else args.compile_cache
-        enable_compile_cache(compile_cache)
-        log_dir = config.log_dir or (resume.meta.get("log_dir") if resume is not None else None)
-        log_dir = Path(log_dir) if log_dir else default_log_dir(config.env)
-        # Every process trains; process 0 alone shows progress, writes the outputs and prints.
-        summary = train(config, log_dir=log_dir if main_process else None,
-                        show_progress=main_process and not args.quiet, checkpoints=saving, resume=resume,
-                        program_cache_dir=Path(compile_cache) / "programs" if compile_cache else None)
+        enable_compile_cache(compile_cache)  # before anything could compile
+        check_devices_and_memory(config)
+        with contextlib.ExitStack() as claims:  # each output folder is this run's alone until it ends
+            if saving is not None:
+                claims.enter_context(preflight.claim_dir(saving.directory, saving_flag))
+            if main_process:  # process 0 alone writes the log folder
+                log_dir = claims.enter_context(preflight.claim_dir(
+                    log_dir or preflight.default_log_dir(config.env), "--log_dir", unique=log_dir is None))
+                preflight.check_log_dir(log_dir, overwrite=overwrite, own=own_log_dir)  # again, now that it is ours
+            # Every process trains; process 0 alone shows progress, writes the outputs and prints.
+            summary = train(config, log_dir=log_dir if main_process else None,
+                            show_progress=main_process and not args.quiet, checkpoints=saving, resume=resume,
+                            program_cache_dir=Path(compile_cache) / "programs" if compile_cache else None)
     except ConfigError as error:
         print(f"jaxdqn.train: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # an output could not be written: a full disk, a folder made read-only or removed
+        reason = " ".join(str(error).split())
+        if error.errno is not None:  # the OS's own words: say what was being written
+            reason = f"writing the run's outputs (log folder {log_dir}) failed: {reason}"
+        print(f"jaxdqn.train: error: {reason}", file=sys.stderr)
+        return 1
+    except TrainingDiverged as error:
+        if main_process:
+            print(f"jaxdqn.train: error: {error}", file=sys.stderr)
+        return 3
     if main_process:
         print(summary_line(summary), flush=True)
     return 0

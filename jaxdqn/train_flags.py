@@ -28,6 +28,9 @@ def make_train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-chunk log lines")
     add_checkpoint_flags(parser)
     distributed.add_flags(parser)
+    parser.epilog = ("exit status: 0 done; 1 an output could not be written while training (a full disk; one line; "
+                     "the earlier checkpoints stay); 2 bad input (one line on stderr, nothing written); 3 training diverged "
+                     "(a non-finite loss or parameters; one line naming the env step; no diverged state is saved)")
     return parser
 
 
@@ -38,7 +41,8 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--save_model", metavar="DIR", default=unset,
                        help="save checkpoints to DIR (weights, optimizer, counters, RNG, env states and the "
                             "config): every --checkpoint_frequency chunks and at the end. DIR must be new or "
-                            "empty unless it is the --load_model folder or --overwrite is given")
+                            "empty unless it is the --load_model folder or --overwrite is given, and writable "
+                            "(checked before training); one run at a time writes to it")
     group.add_argument("--checkpoint_frequency", type=int, metavar="CHUNKS", default=unset,
                        help="chunks between checkpoints; one chunk is --chunk_steps env steps, so a checkpoint "
                             "every CHUNKS x chunk_steps env steps (default: 10, or the resumed run's)")
@@ -52,9 +56,19 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--load_model", metavar="DIR", default=unset,
                        help="resume the run saved in DIR from its latest complete checkpoint, with its config; "
                             "flags may change settings that do not fix array shapes (e.g. --total_steps). "
-                            "Checkpoints keep going to DIR unless --save_model names another folder")
+                            "Checkpoints keep going to DIR (then checked writable before training) unless "
+                            "--save_model names another folder. Training N env steps and resuming to 2N ends "
+                            "bit-identical to 2N steps straight only with --no-lr_anneal --save_buffer: the "
+                            "learning rate anneals over --total_steps, and the buffer restarts empty unless saved")
     group.add_argument("--load_step", type=int, metavar="STEP", default=unset,
                        help="resume from the checkpoint at STEP env steps instead of the latest")
     group.add_argument("--overwrite", action="store_true", default=unset,
                        help="let --save_model replace the checkpoints of another run, or, resuming from an "
-                            "earlier step into the same folder, the later checkpoints")
+                            "earlier step into the same folder, the later checkpoints (they are deleted once "
+                            "this run's first checkpoint is complete; until then they wait in DIR/.replaced); "
+                            "also let --log_dir reuse an earlier run's folder (its summary.json is kept as "
+                            "summary.<steps>.json)")
+    group.add_argument("--trust_checkpoint_code", action="store_true",
+                       help="with --load_model, import the module a checkpoint's config names as its environment "
+                            "(package.module:Attribute), which runs its code; without it, only if --env names "
+                            "the same environment")
