@@ -4,7 +4,7 @@ For each setting that changes shapes (updates per vector step, batch size, buffe
 widths), one program trains `--seeds` x grid agents at once (`jax.vmap` over `DQN.init` and
 `DQN.run_chunk`), evaluates every agent's greedy policy after each chunk, and reports, per grid point,
 how many seeds reached the env's threshold, when, and whether they stayed there. This is how the
-defaults in `jaxdqn/config.py` were chosen (README, "Defaults for thousands of environments").
+defaults in `jaxdqn/config.py` were chosen (docs/design-notes.md, "Defaults for thousands of environments").
 
     python -m benchmarks.tune_defaults --shapes '{"updates_per_step": 8}' '{"updates_per_step": 16}' \
         --grid '{"lr": [3e-4, 1e-3], "tau": [0.05, 1.0]}' --seeds 4 --out results.json

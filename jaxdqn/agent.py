@@ -6,7 +6,7 @@ with Deep Reinforcement Learning" (and the target network of Mnih et al. 2015), 
 transitions into an on-device replay buffer, and takes `updates_per_step` gradient updates on batches
 from the buffer as it was before the step (acting and learning need nothing of each other).
 
-Layers (see the README): `init` and `train_step` are plain functions without `jax.jit` (layer 1);
+Layers: `init` and `train_step` are plain functions without `jax.jit` (layer 1);
 `run_chunk` scans `train_step` (layer 2, the jit boundary, applied by the caller); `jaxdqn.parallel`
 runs the same functions under `shard_map` over devices, passing `axis_name` so that gradients and
 metrics are averaged over devices (brax's pattern: one code path for one device and many). With
@@ -223,11 +223,12 @@ class DQN:
         """XLA options for the chunk's program (`jax.jit`'s `compiler_options`): `CHUNK_GPU_OPTIONS` on
         GPUs when a vector step's updates are one pass of their loop (`updates_per_step` up to `update_unroll`).
 
-        Then acting is a large share of the vector step and overlaps the first update: on an H100 at
-        4,096 envs, one update of 128 a vector step went from 55.9 to 32.7 us. With the defaults' 32
-        updates the update loop itself would run in the graph, which cost 1-4% there. Empty where
-        XLA_FLAGS sets command buffers itself (the user's choice is kept), and over several devices,
-        where it was not measured.
+        Then acting is a large share of the vector step and overlaps the first update, which makes
+        the vector step markedly faster. With the defaults' 32 updates the update loop itself would run
+        in the graph, which made it slightly slower, so they keep XLA's default command buffers
+        (figures: docs/performance.md, "Acting and learning side by side"). Empty where XLA_FLAGS sets
+        command buffers itself (the user's choice is kept), and over several devices, where it was not
+        measured.
         """
         if (jax.default_backend() != "gpu" or self.config.updates_per_step > self.update_unroll
                 or self.collective_axis is not None or "command_buffer" in os.environ.get("XLA_FLAGS", "")):

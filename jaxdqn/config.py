@@ -4,9 +4,9 @@ Shapes and counts (num_envs, buffer_size, batch_size, network sizes) are static 
 time; the numbers one may sweep or vmap (learning rate, gamma, epsilon, tau) also travel as traced
 leaves in `HParams` (`jaxdqn.hparams`), so one compiled program serves many of them.
 
-The defaults are tuned for thousands of CartPole environments (see README, "Defaults for thousands of
-environments"): with 4096 envs each vector step brings 4096 transitions, so learning does several
-larger gradient updates per vector step rather than the single small one of a one-env DQN.
+The defaults are tuned for thousands of CartPole environments (see docs/design-notes.md, "Defaults for
+thousands of environments"): with 4096 envs each vector step brings 4096 transitions, so learning does
+several larger gradient updates per vector step rather than the single small one of a one-env DQN.
 """
 
 from __future__ import annotations

@@ -12,14 +12,13 @@ large read.
 The forward pass is `MLPQNetwork.apply`'s (flax's LayerNorm: fast variance clipped at zero, epsilon
 1e-6), with float32 accumulation and LayerNorm. The matrix products take their operands in
 `precision`: "float32" (the default: the default matrix-product precision, as XLA's kernels) or
-"bfloat16". On an H100, bfloat16 saved 6 us of 32 per vector step at 4,096 envs and 14 of 64 at
-65,536, but CartPole learned less reliably with it (44 of 50 seeds at 475 or more after 3M env steps,
-against 48 of 50 with float32 and 49 of 50 with XLA's kernels; `benchmarks/results/fused_acting_h100.md`),
-and doing the Q-value head in full float32 did not mend that (45 of 50). The greedy action is the first
-maximum, like `jnp.argmax`. Learning and evaluation keep float32.
+"bfloat16". bfloat16 operands make acting faster, but CartPole learned less reliably with them, and
+doing the Q-value head in full float32 did not mend that, so float32 is the default (figures in
+docs/performance.md: "Acting as one kernel", and "Figures from the code's docstrings and comments").
+The greedy action is the first maximum, like `jnp.argmax`. Learning and evaluation keep float32.
 
-Exploration is drawn inside the kernel too, which saved about 5.5 us a vector step at 4,096 envs
-there: row r explores with probability epsilon and then takes a uniform action, from two 32-bit
+Exploration is drawn inside the kernel too, which saves the small kernels of `jax.random` in every
+vector step: row r explores with probability epsilon and then takes a uniform action, from two 32-bit
 hashes (Wellons' lowbias32) of a per-call seed drawn from the JAX key and of 2r and 2r + 1. The
 choices are as random as the trainer needs (tested for their frequencies), but not the stream that
 `jax.random` would draw.
@@ -44,7 +43,8 @@ from jaxdqn.networks import MLPQNetwork
 MIN_BLOCKS = 128  # about one kernel instance per streaming multiprocessor of an H100 (132)
 # Limits of what was measured on an H100; larger networks keep XLA's kernels. Every layer's weights
 # pass through shared memory (227 KiB a block there: a 256 x 256 float matrix asked for 257 KiB and
-# failed), and a 256-wide layer fitted but spilled its activations out of registers (11 ms a call).
+# failed), and a 256-wide layer fitted but spilled its activations out of registers and ran far slower
+# (docs/performance.md).
 MAX_WIDTH = 128  # padded observation size, layer widths and actions
 MAX_WEIGHTS = 3 * 128 * 128  # floats of all padded weight matrices together
 LAYER_NORM_EPSILON = 1e-6  # flax.linen.LayerNorm's default, which MLPQNetwork uses
@@ -56,9 +56,8 @@ def block_shape(batch: int) -> tuple[int, int]:
     """(rows per kernel instance, warps per instance) for a batch of `batch` rows.
 
     Larger blocks load each layer's weights into shared memory fewer times, but should still leave at
-    least `MIN_BLOCKS` instances to fill the GPU. On an H100, at the default widths: 64 rows and 4
-    warps was fastest at 4,096 envs, 256 rows and 8 warps at 65,536 (40 us a call against 76 us with
-    64 rows and 124 us for XLA's kernels).
+    least `MIN_BLOCKS` instances to fill the GPU. At the default widths, 64 rows and 4 warps was
+    fastest at 4,096 envs, 256 rows and 8 warps at 65,536 (figures in docs/performance.md).
     """
     rows = next((rows for rows in (256, 128) if batch // rows >= MIN_BLOCKS), 64)
     return rows, 8 if rows == 256 else 4

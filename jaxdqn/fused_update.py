@@ -4,8 +4,9 @@ One gradient update of DQN (Mnih et al. 2013; Double DQN targets after van Hasse
 the online network on s (and on s' for Double DQN) and the target network on s', then back-propagates
 the TD loss through the online network. With XLA's kernels that is a chain of dozens of small
 kernels per update (matrix products, LayerNorm statistics, their transposes), each a few
-microseconds on a GPU whatever its size: at a batch of 256 and two 128-wide layers an update cost
-about 66 us on an H100, almost all of it kernel launches and round trips through GPU memory.
+microseconds on a GPU whatever its size: at a batch of 256 and two 128-wide layers an update's time
+is almost all kernel launches and round trips through GPU memory (measurements: docs/performance.md,
+"The update as three kernels").
 
 Here one kernel (`loss_and_gradient`) does all of it: each kernel instance takes a block of 16
 transitions through the three forward passes in registers, computes the targets, the TD errors, the
@@ -46,8 +47,8 @@ MIN_ROWS = 16  # the smallest block of the batch one kernel instance takes (Trit
 CHUNK = 1024  # slab entries per instance of the optimizer's kernels
 SCALARS = 16  # per-update scalars of `adam_step`, padded to a power of two
 # Updates per step of the device loop: each step of an XLA loop costs a counter kernel and a copy,
-# 2 of the 5 launches of a fused update. On an H100 (CartPole, 4,096 envs, 32 updates of 256 a vector
-# step): 842-856 us a vector step with 1, 793 with 2, 768 with 4, with no longer a compile.
+# 2 of the 5 launches of a fused update. Of 1, 2 and 4, four was the fastest at the defaults, with no
+# longer a compile (docs/performance.md).
 UNROLL = 4
 
 
@@ -65,8 +66,8 @@ def block_shape(batch_size: int) -> tuple[int, int]:
     """(batch rows per kernel instance, warps per instance).
 
     The kernel is bound by the latency of its chain of matrix products, not by arithmetic: the most
-    instances of the fewest rows, each with 8 warps, was fastest on an H100 (CartPole, 4,096 envs,
-    batch 256: 863 us a vector step of 32 updates, against 1,027 with 32 rows and 1,009 with 16 warps).
+    instances of the fewest rows, each with 8 warps, was fastest (against 32 rows, or 16 warps, at
+    CartPole's defaults; figures in docs/performance.md).
     """
     del batch_size  # any supported batch is a multiple of 16 rows
     return MIN_ROWS, 8

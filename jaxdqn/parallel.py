@@ -109,12 +109,12 @@ def make_evaluate(dqn: DQN, num_episodes: int, num_agents: int = 1):
 class Communicators:
     """The mesh's communicators (NCCL on GPUs), created by a first all-reduce on a background thread.
 
-    A multi-device program creates them at its first collective, which on two H100s took 0.6-0.8 s
-    of the first chunk; one all-reduce of a single number over the same mesh, run while the trainer's
-    programs compile or load, creates them instead, and the chunk finds them ready. `wait` before the
-    first program with collectives runs: in several processes, two collectives launched concurrently
-    could be issued in different orders and deadlock. A failure here is ignored: the trainer's own
-    programs meet it again and report it.
+    A multi-device program creates them at its first collective, which made its first chunk much
+    slower than the others (docs/performance.md, "Several GPUs"); one all-reduce of a single number
+    over the same mesh, run while the trainer's programs compile or load, creates them instead, and
+    the chunk finds them ready. `wait` before the first program with collectives runs: in several
+    processes, two collectives launched concurrently could be issued in different orders and deadlock.
+    A failure here is ignored: the trainer's own programs meet it again and report it.
     """
 
     def __init__(self, mesh: Mesh):

@@ -1,14 +1,15 @@
 """Compiled programs kept on disk, so that a repeated run neither traces nor compiles them.
 
 JAX's persistent compilation cache (also on, see `jaxdqn.train`) skips XLA's compilation, but a run
-still has to trace and lower every program before it can look it up: about 1 s of the start of a
-CartPole run on an H100, as long as the training itself. This cache stores the compiled executables
-(`jax.experimental.serialize_executable`) under a key computed before any tracing, from everything
-that shapes them: the run's config, the environment and network, the source files of jaxdqn
-(`jaxdqn.envs` included) and of the packages defining the environment's and the network's classes, the
-library versions, the devices, the XLA flags and the JAX settings that change what a trace produces.
-Code that the environment imports from other packages is not part of the key: after editing such code,
-delete the `programs/` folder of the compile cache (or run with `--no_compile_cache`).
+still has to trace and lower every program before it can look it up, which for a short CartPole run
+takes about as long as the training itself (docs/performance.md, "Cached start"). This cache stores
+the compiled executables (`jax.experimental.serialize_executable`) under a key computed before any
+tracing, from everything that shapes them: the run's config, the environment and network, the source
+files of jaxdqn (`jaxdqn.envs` included) and of the packages defining the environment's and the
+network's classes, the library versions, the devices, the XLA flags and the JAX settings that change
+what a trace produces. Code that the environment imports from other packages is not part of the key:
+after editing such code, delete the `programs/` folder of the compile cache (or run with
+`--no_compile_cache`).
 
 A cache can never make a run fail. A missing entry means the programs are compiled (and stored); an
 entry that cannot be read, authenticated or loaded, or a loaded program whose first call fails, means
@@ -25,8 +26,8 @@ one warning line and a compile, as if there had been no entry. What is stored an
 It is used for single-process runs only; with `jax.distributed` every process compiles.
 
 The folder is bounded: after each store, the least recently used entries (by modification time,
-which a load renews) are deleted until the rest fit in `MAX_BYTES` (an entry is about 3 MB for
-CartPole's default programs on an H100). The entry just written is always kept.
+which a load renews) are deleted until the rest fit in `MAX_BYTES` (an entry is a few MB for
+CartPole's default programs). The entry just written is always kept.
 """
 
 from __future__ import annotations
@@ -188,25 +189,42 @@ def _mac(key: bytes, payload: bytes) -> bytes:
     return hmac.new(key, payload, hashlib.sha256).digest()
 
 
+def _read_blobs(path: Path, key: bytes) -> dict[str, Any] | None:
+    """The serialized programs of the entry at `path`: None if there is none; raises if it is unusable."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:  # no entry: the usual first run
+        return None
+    header, payload = data[:len(MAGIC) + MAC_BYTES], data[len(MAGIC) + MAC_BYTES:]
+    if not header.startswith(MAGIC) or not hmac.compare_digest(header[len(MAGIC):], _mac(key, payload)):
+        raise _Untrusted
+    return pickle.loads(payload)  # authenticated above: written by this user's runs
+
+
+class _Untrusted(Exception):
+    """An entry without a valid MAC: damaged, or not written by this user."""
+
+
 def _load(path: Path, key: bytes, devices: Mapping[str, list[Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """`(blobs, programs)` of the entry at `path`, both empty (with a warning line) if it is unusable.
 
     An entry may hold some of the programs only (those compiled fresh when it was written).
     """
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:  # no entry: the usual first run
+        blobs = _read_blobs(path, key)
+    except _Untrusted:
+        _warn(f"compiled-program cache entry {path.name} is damaged or was not written by this user; "
+              "ignored, compiling")
         return {}, {}
     except OSError as error:
         _warn(f"compiled-program cache entry {path.name} unreadable ({error}); compiling")
         return {}, {}
-    header, payload = data[:len(MAGIC) + MAC_BYTES], data[len(MAGIC) + MAC_BYTES:]
-    if not header.startswith(MAGIC) or not hmac.compare_digest(header[len(MAGIC):], _mac(key, payload)):
-        _warn(f"compiled-program cache entry {path.name} is damaged or was not written by this user; "
-              "ignored, compiling")
+    except Exception as error:  # noqa: BLE001  (authentic but not loadable here)
+        _warn(f"compiled-program cache entry {path.name} could not be loaded ({type(error).__name__}); compiling")
+        return {}, {}
+    if blobs is None:
         return {}, {}
     try:
-        blobs = pickle.loads(payload)  # authenticated above: written by this user's runs
         names = [name for name in devices if name in blobs]
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:  # loads overlap
             futures = {name: pool.submit(serialize_executable.deserialize_and_load, *blobs[name],
@@ -223,15 +241,27 @@ def _load(path: Path, key: bytes, devices: Mapping[str, list[Any]]) -> tuple[dic
 
 
 def _store(path: Path, key: bytes, blobs: Mapping[str, Any]) -> None:
+    """Adds `blobs` to the entry at `path`, keeping the programs another run stored there meanwhile."""
+    import filelock  # a dependency of jaxdqn (JAX's cache bound uses it too)
+
     try:
-        payload = pickle.dumps(dict(blobs))
-        partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(partial, "wb") as file:
-            file.write(MAGIC + _mac(key, payload) + payload)
-        os.replace(partial, path)  # readers see a whole entry or none
+        with filelock.FileLock(path.with_name(f"{path.name}.lock"), timeout=60):
+            try:
+                stored = _read_blobs(path, key) or {}
+            except Exception:  # noqa: BLE001  (unusable: replaced whole)
+                stored = {}
+            _write(path, key, {**stored, **blobs})
         _evict(path.parent, keep=path, max_bytes=MAX_BYTES)
-    except Exception:  # noqa: BLE001  (a full or read-only folder: no cache)
+    except Exception:  # noqa: BLE001  (a full or read-only folder, a lock held too long: no cache)
         pass
+
+
+def _write(path: Path, key: bytes, blobs: Mapping[str, Any]) -> None:
+    payload = pickle.dumps(dict(blobs))
+    partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(partial, "wb") as file:
+        file.write(MAGIC + _mac(key, payload) + payload)
+    os.replace(partial, path)  # readers see a whole entry or none
 
 
 class _FirstCallGuard:
@@ -275,6 +305,7 @@ def _evict(folder: Path, keep: Path, max_bytes: int) -> None:
             break
         if entry != keep:
             entry.unlink(missing_ok=True)
+            entry.with_name(f"{entry.name}.lock").unlink(missing_ok=True)
             total -= size
 
 

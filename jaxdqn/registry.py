@@ -43,8 +43,9 @@ def _import_gymnax():
     """Imports gymnax without paying for its rendering-only imports at start-up.
 
     gymnax imports matplotlib.pyplot and seaborn (hence scipy) at module level, only to render
-    frames; that is about 1.5 s of every run's start on a 2-core CPU. Those two names are deferred
-    while gymnax imports, and are imported for real the first time gymnax renders with them.
+    frames, a large share of every run's start on a small CPU (docs/performance.md). Those two names
+    are deferred while gymnax imports, and are imported for real the first time gymnax renders with
+    them.
     """
     deferred = [name for name in ("seaborn", "matplotlib.pyplot") if name not in sys.modules]
     for name in deferred:

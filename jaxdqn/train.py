@@ -34,8 +34,8 @@ from jaxdqn.train_flags import DEFAULT_COMPILE_CACHE, make_train_parser  # noqa:
 if __name__ == "__main__":
     # `--help` and malformed flags answer here, before the slow imports below (`main` parses them again).
     make_train_parser().parse_args()
-    # A run allocates the device memory it uses: preallocating most of a GPU's memory costs about 1 s of
-    # every start on an H100. Set XLA_PYTHON_CLIENT_PREALLOCATE=true to get JAX's default back.
+    # A run allocates the device memory it uses: preallocating most of a GPU's memory slows every start
+    # (docs/performance.md, "Cached start"). Set XLA_PYTHON_CLIENT_PREALLOCATE=true to get JAX's default back.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     # jax.distributed must start before gymnax's import initialises a backend.
     from jaxdqn import distributed as _distributed
