@@ -373,7 +373,7 @@ def test_sigkill_mid_run_then_resume_finishes_like_the_uninterrupted_run(referen
     process = subprocess.Popen(command, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 600  # the first checkpoint, however loaded the machine
         while not checkpoint.complete_steps(directory) and time.time() < deadline and process.poll() is None:
             time.sleep(0.02)
         time.sleep(0.3)  # a few more chunks and saves; the kill lands at an arbitrary point
