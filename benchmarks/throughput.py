@@ -50,7 +50,7 @@ from typing import Any
 
 from benchmarks import checks
 from benchmarks.machine import cpu_model, default_out, report_written
-from jaxdqn.errors import OneLineParser
+from jaxdqn.errors import OneLineParser, one_line
 
 PHASES = ("env", "act", "learn", "train", "train_1x128", "act_learn")  # act_learn only with --fusion_check
 PHASE_LABELS = {
@@ -596,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             report = json.loads(out.with_suffix(".json").read_text())
         except (OSError, ValueError) as error:
             parser.error(f"--plot_only re-renders {out.with_suffix('.json')}, which cannot be read "
-                         f"({type(error).__name__}: {' '.join(str(error).split())})")
+                         f"({type(error).__name__}: {one_line(error)})")
         if not isinstance(report, dict) or not {"machine", "settings", "sizes"} <= set(report):
             parser.error(f"--plot_only: {out.with_suffix('.json')} is not a report of benchmarks.throughput")
         write_outputs(report, out, figure=True)

@@ -55,6 +55,7 @@ import orbax.checkpoint as ocp
 from jaxdqn import __version__, parallel
 from jaxdqn.agent import greedy_actions
 from jaxdqn.config import TrainConfig
+from jaxdqn.errors import one_line
 from jaxdqn.registry import ConfigError
 
 # 2: the optimizer state is over the parameters raveled into one vector. 3: a replay buffer of float32
@@ -464,7 +465,7 @@ class Checkpointer:
 
 def _io_reason(error: Exception) -> str:
     """A short reason for a failed write: the OS's words, where TensorStore's long message holds them."""
-    text = " ".join(str(error).split())
+    text = one_line(error)
     if not isinstance(error, OSError):
         for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.ENOENT, errno.EIO):
             if os.strerror(code) in text:

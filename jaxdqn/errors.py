@@ -3,6 +3,11 @@
 import argparse
 
 
+def one_line(error: BaseException | str) -> str:
+    """An error's message on one line: its whitespace, newlines included, collapsed to single spaces."""
+    return " ".join(str(error).split())
+
+
 class ConfigError(ValueError):
     """A user error (bad flag, unknown name, unusable checkpoint); the CLIs print it as one line."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxdqn.config import make_parser
-from jaxdqn.errors import ConfigError
+from jaxdqn.errors import ConfigError, one_line
 
 # JAX is imported where it is used, so that `--help` and bad flags answer without its start-up.
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path.write_text(json.dumps(result, indent=2) + "\n")
     except OSError as error:  # a full disk, or the folder removed meanwhile
-        print(f"jaxdqn.evaluate: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"jaxdqn.evaluate: error: {one_line(error)}", file=sys.stderr)
         return 1
     print(result_line(result), flush=True)
     print(f"wrote {path}", flush=True)

@@ -25,7 +25,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jaxdqn.errors import ConfigError  # noqa: F401  (re-exported: jaxdqn.registry.ConfigError)
+from jaxdqn.errors import ConfigError, one_line  # noqa: F401  (re-exported: jaxdqn.registry.ConfigError)
 
 
 class _DeferredModule(types.ModuleType):
@@ -210,7 +210,7 @@ def _make_gymnax(name: str) -> Any:
     try:
         return gymnax.make(name)
     except (OSError, EOFError) as error:  # URLError is an OSError; a truncated download ends in EOFError
-        reason = " ".join(str(error).split())  # one line
+        reason = one_line(error)
         message = f"environment {name!r} could not load its data ({type(error).__name__}: {reason})"
         raise ConfigError(message + (f"; {DATA_HINTS[name]}" if name in DATA_HINTS else "")) from None
 
@@ -248,7 +248,7 @@ def is_import_path(name: str) -> bool:
 
 
 def _one_line(error: BaseException) -> str:
-    message = " ".join(str(error).split())
+    message = one_line(error)
     return f"{type(error).__name__}: {message}"[:300] if message else type(error).__name__
 
 

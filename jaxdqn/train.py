@@ -59,7 +59,7 @@ if __name__ == "__main__":  # the device starts up while the modules below impor
 from jaxdqn import distributed, parallel, population, preflight, program_cache  # noqa: E402
 from jaxdqn.agent import DQN  # noqa: E402
 from jaxdqn.config import TrainConfig, build_config  # noqa: E402
-from jaxdqn.errors import TrainingDiverged  # noqa: E402
+from jaxdqn.errors import TrainingDiverged, one_line  # noqa: E402
 from jaxdqn.networks import make_network  # noqa: E402
 from jaxdqn.registry import ConfigError, EnvSpec, get_spec, make_env  # noqa: E402
 from jaxdqn.reporting import RunLog, keep_previous_summary, plot_learning_curve, summary_line  # noqa: E402
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxdqn.train: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # an output could not be written: a full disk, a folder made read-only or removed
-        reason = " ".join(str(error).split())
+        reason = one_line(error)
         if error.errno is not None:  # the OS's own words: say what was being written
             reason = f"writing the run's outputs (log folder {log_dir}) failed: {reason}"
         print(f"jaxdqn.train: error: {reason}", file=sys.stderr)
