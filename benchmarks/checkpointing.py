@@ -32,7 +32,8 @@ import jax.numpy as jnp
 from benchmarks import checks
 from benchmarks.machine import cpu_model, default_out, report_written
 from jaxdqn import checkpoint
-from jaxdqn.config import TrainConfig, add_config_flags
+from jaxdqn.cli import add_config_flags
+from jaxdqn.config import TrainConfig
 from jaxdqn.errors import OneLineParser
 from jaxdqn.registry import ConfigError
 from jaxdqn.train import (

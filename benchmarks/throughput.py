@@ -7,16 +7,16 @@ default device (synchronised with `jax.block_until_ready`):
 
 - `env`: the environment alone, random actions, `lax.scan` over vector steps of `jax.vmap(env.step)`:
   the limit every other phase is measured against. Every phase draws its call's random keys (and
-  here its random actions) before its loop, as the trainer draws a chunk's (`DQN.run_chunk`);
+  here its random actions) before its loop, as the trainer draws a chunk's (`Trainer.run_chunk`);
 - `act`: env + Q-network forward + epsilon-greedy + replay write, composed from the trainer's own
-  functions (`DQN.epsilon`, `DQN.select_actions`, `env.step`, `jaxdqn.buffer.add`) in a jitted scan;
-- `learn`: the learner alone, `DQN.learn` (a scan of `updates_per_step` x `DQN.update`) once per vector
+  functions (`Trainer.epsilon`, `Trainer.select_actions`, `env.step`, `jaxdqn.buffer.add`) in a jitted scan;
+- `learn`: the learner alone, `Trainer.learn` (a scan of `updates_per_step` x `Trainer.update`) once per vector
   step on a filled buffer, with the env's default settings; its "env steps/s" is the rate the learner
   would allow if acting were free;
 - `train`: the whole trainer (`run_chunk` of `jaxdqn.train.build_program`) at the env's default settings,
   learning from the first step (`learning_starts 0`);
 - `train_1x128`: the same with one update of batch 128 per vector step;
-- `act_learn` (with `--fusion_check`): `act` then `DQN.learn` in one plain scan, without the trainer's
+- `act_learn` (with `--fusion_check`): `act` then `Trainer.learn` in one plain scan, without the trainer's
   bookkeeping (`learning_starts` selects, episode statistics, metrics): if the trainer is slower than
   the sum of its phases but this is not, the gap lies in that bookkeeping, not in fusing the phases.
 
@@ -143,7 +143,7 @@ class Setup:
     """What every phase of one size shares: the trainer's config, env, network and pure functions."""
 
     config: Any  # jaxdqn.config.TrainConfig
-    dqn: Any  # jaxdqn.agent.DQN on one device, without collectives
+    dqn: Any  # jaxdqn.agent.Trainer on one device, without collectives
 
 
 def make_config(env_name: str, num_envs: int, iterations: int, min_buffer_rows: int, **overrides):
@@ -160,14 +160,9 @@ def make_config(env_name: str, num_envs: int, iterations: int, min_buffer_rows: 
 
 
 def make_setup(config) -> Setup:
-    from jaxdqn.agent import DQN
-    from jaxdqn.networks import make_network
-    from jaxdqn.registry import make_env
+    from jaxdqn.agent import build_trainer
 
-    spec, env, env_params = make_env(config.env)
-    network = make_network(env.observation_space(env_params).shape, env.action_space(env_params).n, config,
-                           spec.make_network)
-    return Setup(config, DQN(config, env, env_params, network))
+    return Setup(config, build_trainer(config)[1])
 
 
 def env_only(setup: Setup, iterations: int):
@@ -186,7 +181,7 @@ def env_only(setup: Setup, iterations: int):
             # Consume the observations, or XLA drops their computation (a trainer feeds them to its network).
             return (env_state, checksum + reward.sum() + jnp.sum(obs.astype(jnp.float32))), None
 
-        # The call's random actions and env keys drawn up front, the keys as `DQN.run_chunk` draws a chunk's.
+        # The call's random actions and env keys drawn up front, the keys as `Trainer.run_chunk` draws a chunk's.
         env_state, key, checksum = carry
         key, action_key, call_key = jax.random.split(key, 3)
         actions = jax.random.randint(action_key, (iterations, num_envs), 0, dqn.num_actions, jnp.int32)
@@ -201,7 +196,7 @@ def env_only(setup: Setup, iterations: int):
 
 
 def act_once(dqn, state, keys):
-    """One vector step of acting and storing, as `DQN.train_step` does it (without episode statistics);
+    """One vector step of acting and storing, as `Trainer.train_step` does it (without episode statistics);
     `keys`: the step's `jaxdqn.agent.StepKeys`."""
     import jax
     import jax.numpy as jnp
@@ -223,7 +218,7 @@ def act_once(dqn, state, keys):
 def acting(setup: Setup, iterations: int, learn: bool = False):
     """(jitted step, initial TrainerState) of `iterations` vector steps of acting and storing.
 
-    With `learn`, each vector step is followed by `DQN.learn` in the same scan: the two phases fused
+    With `learn`, each vector step is followed by `Trainer.learn` in the same scan: the two phases fused
     plainly, without the trainer's bookkeeping (the `learning_starts` selects, episode statistics and
     metrics), which locates any gap between the trainer and the sum of its phases.
     """
@@ -237,19 +232,19 @@ def acting(setup: Setup, iterations: int, learn: bool = False):
             state, _ = dqn.learn(state, keys.learn)
         return state, None
 
-    def run(state):  # the call's keys drawn up front, as `DQN.run_chunk` draws a chunk's
+    def run(state):  # the call's keys drawn up front, as `Trainer.run_chunk` draws a chunk's
         key, call_key = jax.random.split(state.key)
         keys = jax.vmap(dqn.step_keys)(jax.random.split(call_key, iterations))
         return jax.lax.scan(body, state.replace(key=key), keys)[0]
 
     state = jax.jit(dqn.init)(jax.random.key(setup.config.seed), setup.config.hparams)
-    if dqn.uses_slab:  # as the trainer's chunks carry it (`DQN.run_chunk`)
-        state = jax.jit(dqn.to_slab)(state)
+    if dqn.backend.uses_slab:  # as the trainer's chunks carry it (`Trainer.run_chunk`)
+        state = jax.jit(dqn.backend.to_slab)(state)
     return jax.jit(run, donate_argnums=0), state
 
 
 def learner(setup: Setup, iterations: int, state):
-    """(jitted step, TrainerState) of `iterations` x `DQN.learn` (updates_per_step updates) on a full buffer."""
+    """(jitted step, TrainerState) of `iterations` x `Trainer.learn` (updates_per_step updates) on a full buffer."""
     import jax
 
     dqn = setup.dqn
@@ -259,7 +254,7 @@ def learner(setup: Setup, iterations: int, state):
             state, _ = dqn.learn(state, learn_key)
             return state, None
 
-        key, call_key = jax.random.split(state.key)  # the call's keys drawn up front, as `DQN.run_chunk` does
+        key, call_key = jax.random.split(state.key)  # the call's keys drawn up front, as `Trainer.run_chunk` does
         return jax.lax.scan(body, state.replace(key=key), jax.random.split(call_key, iterations))[0]
 
     # Sample from every row, as a full buffer does (the rows the acting phase did not reach hold zeros).
@@ -311,7 +306,7 @@ def measure_size(env_name: str, num_envs: int, args, skip: set[str]) -> dict[str
             gc.collect()
             return
         seconds = timing["us_per_iteration"] * 1e-6
-        updates = 0 if phase in ("env", "act") else config.updates_per_step
+        updates = 0 if phase in ("env", "act") else config.vector_step_updates
         results[phase] = {
             "status": "ok",
             "env_steps_per_s": num_envs / seconds,
@@ -625,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
                      "iterations": args.iterations, "fusion_check": args.fusion_check,
                      "min_seconds": args.min_seconds, "repeats": args.repeats,
                      "min_buffer_rows": args.min_buffer_rows, "compare_steps": args.compare_steps,
-                     "train": {"updates_per_step": default.updates_per_step, "batch_size": default.batch_size},
+                     "train": {"updates_per_step": default.vector_step_updates, "batch_size": default.batch_size},
                      "train_1x128": {"updates_per_step": 1, "batch_size": 128},
                      "trainer_defaults": dataclasses.asdict(default)},
         "classic": None,

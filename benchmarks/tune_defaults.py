@@ -1,8 +1,8 @@
 """Derives the trainer's defaults: many agents (seeds x traced hyperparameters) trained in one program.
 
 For each setting that changes shapes (updates per vector step, batch size, buffer size, network
-widths), one program trains `--seeds` x grid agents at once (`jax.vmap` over `DQN.init` and
-`DQN.run_chunk`), evaluates every agent's greedy policy after each chunk, and reports, per grid point,
+widths), one program trains `--seeds` x grid agents at once (`jax.vmap` over `Trainer.init` and
+`Trainer.run_chunk`), evaluates every agent's greedy policy after each chunk, and reports, per grid point,
 how many seeds reached the env's threshold, when, and whether they stayed there. This is how the
 defaults in `jaxdqn/config.py` were chosen (docs/design-notes.md, "Defaults for thousands of environments").
 
@@ -25,20 +25,15 @@ import numpy as np
 
 from benchmarks import checks
 from benchmarks.machine import default_out, report_written
-from jaxdqn.agent import DQN
+from jaxdqn.agent import build_trainer
 from jaxdqn.config import HParams, TrainConfig
 from jaxdqn.errors import ConfigError, OneLineParser
-from jaxdqn.networks import make_network
 from jaxdqn.population import SWEEPABLE
-from jaxdqn.registry import make_env
 
 
 def run_shape(base: TrainConfig, grid: dict[str, list[float]], seeds: int) -> list[dict]:
     """Trains every (grid point, seed) agent of one shape setting in one vmapped program."""
-    spec, env, env_params = make_env(base.env)
-    network = make_network(env.observation_space(env_params).shape, env.action_space(env_params).n, base,
-                           spec.make_network)
-    dqn = DQN(base, env, env_params, network)
+    spec, dqn = build_trainer(base)
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
     agents = [(point, seed) for point in points for seed in range(seeds)]
     hparams = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[

@@ -79,7 +79,7 @@ DEFAULTS = {
     "num_envs": 256,
     "buffer_size": 65_536,
     "batch_size": 256,
-    "updates_per_step": 2,
+    "replay_ratio": 2.0,  # 2 updates of 256 per vector step of 256 envs
     "learning_starts": 4_096,
     "target_update_frequency": 256,
     "tau": 1.0,  # hard target copies every 256 updates (what was tuned), whatever the global default

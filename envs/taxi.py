@@ -166,7 +166,7 @@ DEFAULTS = {
     "num_envs": 256,
     "buffer_size": 131_072,
     "batch_size": 256,
-    "updates_per_step": 4,
+    "replay_ratio": 4.0,  # 4 updates of 256 per vector step of 256 envs
     "learning_starts": 4_096,
     "lr": 5e-4,
     "target_update_frequency": 512,

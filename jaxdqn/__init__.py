@@ -11,6 +11,10 @@ __version__ = "0.1.0"
 
 __all__ = ["load_policy"]
 
+TYPE_CHECKING = False  # True for type checkers (mypy and pyright read the name), without importing typing
+if TYPE_CHECKING:  # what they see of the lazy attribute below (jaxdqn ships py.typed)
+    from jaxdqn.checkpoint import load_policy
+
 
 def __getattr__(name: str):
     if name == "load_policy":

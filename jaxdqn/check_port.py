@@ -53,7 +53,6 @@ run, is a divergence (field `observation_space`). `check_port()` returns the `Re
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import linecache
@@ -72,7 +71,6 @@ from gymnax.environments import spaces
 from gymnax.environments.environment import Environment
 
 from jaxdqn import registry
-from jaxdqn.errors import OneLineParser
 from jaxdqn.registry import ConfigError
 
 DEFAULT_EPISODES = 100
@@ -737,16 +735,9 @@ def check_arguments(episodes: int, seed: int, num_envs: int, atol: float) -> Non
 # Command line ------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m jaxdqn.check_port",
-                           description="Check a ported JAX environment step by step against its reference simulator.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--env", required=True, help="the port: a registered name or package.module:EnvClass")
-    parser.add_argument("--reference", default=None,
-                        help="gymnasium:ID or package.module:factory (default: the port's `reference` attribute)")
-    parser.add_argument("--episodes", type=int, default=DEFAULT_EPISODES, help="episodes stepped in lockstep")
-    parser.add_argument("--seed", type=int, default=0, help="seed of actions, port keys and reference resets")
-    parser.add_argument("--num_envs", type=int, default=CONTRACT_ENVS, help="instances of the vmapped contract check")
-    parser.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance for float values")
+    from jaxdqn.cli import make_check_port_parser  # every command's flags are jaxdqn.cli's
+
+    parser = make_check_port_parser()
     args = parser.parse_args(argv)
     try:
         report = check_port(args.env, args.reference, episodes=args.episodes, seed=args.seed,

@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import datetime
 import errno
+import functools
 import logging
 import math
 import os
@@ -53,7 +54,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxdqn import __version__, parallel
-from jaxdqn.agent import greedy_actions
 from jaxdqn.config import TrainConfig
 from jaxdqn.errors import one_line
 from jaxdqn.registry import ConfigError
@@ -64,7 +64,8 @@ FORMAT_VERSION = 3
 RESUMABLE_FORMATS = (2, 3)  # older formats still evaluate: their `params` item is unchanged
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # how Orbax names a step folder that is still being written
 # Settings that fix the shapes of the saved arrays: a resumed run may not change them.
-SHAPE_FIELDS = ("env", "num_envs", "buffer_size", "hidden_sizes", "layer_norm", "dueling", "n_step", "prioritized")
+SHAPE_FIELDS = ("env", "num_envs", "buffer_size", "hidden_sizes", "layer_norm", "dueling", "n_step", "prioritized",
+                "learner", "num_atoms", "num_quantiles", "noisy")
 # What every checkpoint's config holds (format 1 on): without them the network cannot be rebuilt as it was saved.
 REQUIRED_CONFIG = ("env", "num_envs", "buffer_size", "hidden_sizes", "layer_norm")
 # Where `--overwrite` moves the checkpoints it replaces until the run's first own checkpoint is complete.
@@ -549,14 +550,18 @@ def _restore_item(checkpoint: Checkpoint, name: str, abstract):
 
 @dataclasses.dataclass
 class SavedAgent:
-    """A restored agent: its environment, network and device-0 parameters."""
+    """A restored agent: its environment, learner (with its network) and device-0 parameters."""
 
     checkpoint: Checkpoint
     env_name: str
     env: Any
     env_params: Any
-    network: Any
+    learner: Any  # jaxdqn.learners.Learner
     params: Any
+
+    @property
+    def network(self):
+        return self.learner.network
 
     @property
     def config(self) -> TrainConfig:
@@ -569,7 +574,7 @@ def load_agent(directory: str | Path, step: int | None = None, env: str | None =
     Raises:
       ConfigError: see `find`, `check_env`, `restore_params` and `check_finite`.
     """
-    from jaxdqn.networks import make_network
+    from jaxdqn.learners import build_learner
     from jaxdqn.registry import make_env
 
     checkpoint = find(directory, step)
@@ -577,11 +582,11 @@ def load_agent(directory: str | Path, step: int | None = None, env: str | None =
     obs_shape = environment.observation_space(env_params).shape
     num_actions = environment.action_space(env_params).n
     check_env(checkpoint, spec.name, obs_shape, num_actions)
-    network = make_network(obs_shape, num_actions, checkpoint.config, spec.make_network)
-    abstract = jax.eval_shape(network.init, jax.random.key(0), jnp.zeros((1, *obs_shape), jnp.float32))
+    learner = build_learner(checkpoint.config, obs_shape, num_actions, spec.make_network)
+    abstract = jax.eval_shape(learner.network.init, jax.random.key(0), jnp.zeros((1, *obs_shape), jnp.float32))
     params = restore_params(checkpoint, abstract)
     check_finite(checkpoint, params)
-    return SavedAgent(checkpoint, spec.name, environment, env_params, network, params)
+    return SavedAgent(checkpoint, spec.name, environment, env_params, learner, params)
 
 
 def check_finite(checkpoint: Checkpoint, params) -> None:
@@ -596,10 +601,13 @@ def check_finite(checkpoint: Checkpoint, params) -> None:
                       f"(NaN or inf: the run diverged){hint}")
 
 
-_greedy_actions_jit = jax.jit(greedy_actions, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)
+def _greedy_actions(learner, params, obs: jnp.ndarray) -> jnp.ndarray:
+    return learner.greedy(params, obs)
 
 
-def load_policy(directory: str | Path, step: int | None = None, env: str | None = None):
+def load_policy(directory: str | Path, step: int | None = None,
+                env: str | None = None) -> tuple[Callable[[jax.Array], jax.Array], TrainConfig]:
     """Loads a saved agent as a greedy policy.
 
     Args:
@@ -613,9 +621,9 @@ def load_policy(directory: str | Path, step: int | None = None, env: str | None 
       `TrainConfig`.
     """
     agent = load_agent(directory, step, env)
-    network, params = agent.network, agent.params
+    learner, params = agent.learner, agent.params
 
     def policy(obs: jnp.ndarray) -> jnp.ndarray:
-        return _greedy_actions_jit(network, params, obs)
+        return _greedy_actions(learner, params, obs)
 
     return policy, agent.config

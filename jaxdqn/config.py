@@ -1,4 +1,4 @@
-"""The run's configuration: a frozen dataclass of static settings, its command-line form and checks.
+"""The run's configuration: a frozen dataclass of static settings and its checks (its flags: `jaxdqn.cli`).
 
 Shapes and counts (num_envs, buffer_size, batch_size, network sizes) are static and fixed at compile
 time; the numbers one may sweep or vmap (learning rate, gamma, epsilon, tau) also travel as traced
@@ -11,14 +11,13 @@ several larger gradient updates per vector step rather than the single small one
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import numbers
 from typing import TYPE_CHECKING, Any
 
-from jaxdqn.errors import ConfigError, OneLineParser
+from jaxdqn.errors import ConfigError
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # the device program's counters and seeds are int32
 
@@ -50,14 +49,19 @@ class TrainConfig:
     env: str = _field("CartPole-v1", "environment name: cartpole, any gymnax id, a registered port, "
                       "or package.module:EnvClass", flags=("--environment",), original=True)
     num_envs: int = _field(4096, "environments stepped in parallel (global, split over devices)")
-    total_steps: int = _field(3_000_000, "env steps to train for (all envs together)")
+    total_steps: int = _field(3_000_000, "env steps to train for (all envs together); by default at least 256 vector "
+                              "steps (more than 3M from 11,719 envs on), with eps_decay_steps scaled alike")
     seed: int = _field(0, "random seed (int32; evaluation uses seed + 1)")
     # Replay and learning.
     buffer_size: int = _field(262_144, "replay capacity in transitions (global; a multiple of num_envs "
                               "is kept)", original=True)
     batch_size: int = _field(256, "transitions per gradient update (global)", original=True)
-    updates_per_step: int = _field(32, "gradient updates per vector step (one vector step = num_envs "
-                                   "env steps); sets the replay ratio")
+    replay_ratio: float = _field(2.0, "transitions sampled for learning per env step (batch_size x updates / env "
+                                 "steps): the same learning per env step at every num_envs; sets the gradient "
+                                 "updates per vector step, replay_ratio x num_envs / batch_size rounded (below one: "
+                                 "one update every few vector steps), unless --updates_per_step is given")
+    updates_per_step: int = _field(0, "gradient updates per vector step (one vector step = num_envs env steps); "
+                                   "0: from --replay_ratio")
     learning_starts: int = _field(32_768, "env steps collected before the first gradient update")
     lr: float = _field(5e-4, "Adam learning rate", original=True)
     lr_anneal: bool = _field(True, "anneal the learning rate linearly to 0 over total_steps")
@@ -76,8 +80,25 @@ class TrainConfig:
                                    "(0: uniform sampling)")
     priority_beta: float = _field(0.4, "prioritized replay: initial importance-sampling exponent beta, in "
                                   "[0, 1], annealed linearly to 1 over total_steps")
+    # Learners (jaxdqn.learners) and exploration.
+    learner: str = _field("dqn", "the learner: dqn (Q-learning), c51 (categorical distribution, Bellemare et al. "
+                          "2017) or qrdqn (quantile regression, Dabney et al. 2018); all combine with double, "
+                          "dueling, n_step and prioritized; the GPU kernels run dqn only",
+                          choices=("dqn", "c51", "qrdqn"))
+    num_atoms: int = _field(51, "c51: atoms of the return distribution's fixed support")
+    v_min: float = _field(-100.0, "c51: the support's lowest return")
+    v_max: float = _field(100.0, "c51: the support's highest return")
+    num_quantiles: int = _field(32, "qrdqn: quantiles of the return distribution")
+    noisy: bool = _field(False, "noisy nets (Fortunato et al. 2018): the Q-network's last layers get factorised "
+                         "Gaussian noise, resampled every vector step for acting and every update for learning; "
+                         "eps and min_eps default to 0 with it")
+    noisy_sigma: float = _field(0.5, "noisy nets: initial noise scale sigma_0 (weights' sigma = sigma_0 / sqrt(inputs))")
+    preset: str = _field("none", "a named set of flags applied before the given ones (see config.json for what "
+                         "it set): rainbow = c51 + double + dueling + 3-step + prioritized (add --noisy for "
+                         "noisy nets)",
+                         choices=("none", "rainbow"))
     unroll_updates: int = _field(0, "gradient updates unrolled per loop step of the device program (0: "
-                                 "jaxdqn.fused_update.UNROLL with the fused update kernel, else 1)", cli=False)
+                                 "jaxdqn.kernels.update.UNROLL with the fused update kernel, else 1)", cli=False)
     # Exploration.
     eps: float = _field(1.0, "initial epsilon of epsilon-greedy exploration", original=True)
     min_eps: float = _field(0.05, "final epsilon", original=True)
@@ -89,10 +110,10 @@ class TrainConfig:
     dueling: bool = _field(False, "dueling Q-network: separate value and advantage streams, "
                            "Q = V + A - mean(A) (Wang et al. 2016)")
     fused_acting: bool = _field(True, "on GPUs, run the acting forward pass of the default MLP Q-network as "
-                                "one fused kernel (jaxdqn.fused_acting); --no-fused_acting: XLA's kernels")
+                                "one fused kernel (jaxdqn.kernels.acting); --no-fused_acting: XLA's kernels")
     fused_update: bool = _field(True, "on GPUs, run each gradient update of the default MLP Q-network as three "
                                 "fused kernels: loss and gradient, gradient sum, clipping + Adam + target update "
-                                "(jaxdqn.fused_update); --no-fused_update: XLA's kernels")
+                                "(jaxdqn.kernels.update); --no-fused_update: XLA's kernels")
     acting_precision: str = _field("float32", "operand type of the fused acting kernel's matrix products: "
                                    "float32 or bfloat16 (faster acting, but CartPole learned less reliably with "
                                    "it; accumulation, learning and evaluation stay float32)",
@@ -140,12 +161,16 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Checks the settings; raises ConfigError with a one-line reason."""
         self._check_types()
-        positive = ("num_envs", "total_steps", "buffer_size", "batch_size", "updates_per_step",
+        positive = ("num_envs", "total_steps", "buffer_size", "batch_size",
                     "target_update_frequency", "eps_decay_steps", "chunk_steps", "eval_frequency",
                     "eval_episodes")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.updates_per_step < 0:
+            raise ConfigError(f"--updates_per_step must be >= 0 (0: from --replay_ratio), got {self.updates_per_step}")
+        if not self.replay_ratio > 0.0:
+            raise ConfigError(f"--replay_ratio must be > 0, got {self.replay_ratio}")
         if self.unroll_updates < 0:
             raise ConfigError(f"unroll_updates must be >= 0, got {self.unroll_updates}")
         if self.learning_starts < 0:
@@ -185,6 +210,13 @@ class TrainConfig:
             raise ConfigError(f"--hidden_sizes must be positive widths, got {self.hidden_sizes}")
         if self.num_seeds <= 0:
             raise ConfigError(f"--num_seeds must be positive, got {self.num_seeds}")
+        for name in ("num_atoms", "num_quantiles"):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"--{name} must be at least 2, got {getattr(self, name)}")
+        if not self.v_min < self.v_max:
+            raise ConfigError(f"--v_min ({self.v_min}) must be below --v_max ({self.v_max})")
+        if not self.noisy_sigma > 0.0:
+            raise ConfigError(f"--noisy_sigma must be > 0, got {self.noisy_sigma}")
         if self.num_devices is not None and self.num_devices <= 0:
             raise ConfigError(f"--num_devices must be positive, got {self.num_devices}")
         self._check_int32_counters()
@@ -227,15 +259,46 @@ class TrainConfig:
             raise ConfigError(f"--total_steps {self.total_steps} is {self.total_iterations:,} vector steps of "
                               f"--num_envs {self.num_envs}; the int32 step counter allows at most {INT32_MAX:,} "
                               f"(--total_steps up to {INT32_MAX * self.num_envs:,})")
-        if self.total_iterations * self.updates_per_step > INT32_MAX:
-            raise ConfigError(f"--total_steps {self.total_steps} makes {self.total_iterations * self.updates_per_step:,} "
-                              f"gradient updates ({self.total_iterations:,} vector steps x --updates_per_step "
-                              f"{self.updates_per_step}); the int32 update counter allows at most {INT32_MAX:,}")
+        if self.total_iterations * self.vector_step_updates > INT32_MAX:
+            raise ConfigError(f"--total_steps {self.total_steps} makes up to "
+                              f"{self.total_iterations * self.vector_step_updates:,} gradient updates "
+                              f"({self.total_iterations:,} vector steps x {self.vector_step_updates} updates); the "
+                              f"int32 update counter allows at most {INT32_MAX:,}")
         if self.buffer_rows * self.num_envs > INT32_MAX:
             raise ConfigError(f"--buffer_size {self.buffer_size} exceeds the int32 index of the replay buffer: "
                               f"at most {INT32_MAX:,} transitions")
 
     # Derived counts -------------------------------------------------------------------------
+    @property
+    def _updates_per_env_step(self) -> float:
+        return self.replay_ratio * self.num_envs / self.batch_size
+
+    @property
+    def vector_step_updates(self) -> int:
+        """Gradient updates of a vector step that learns: `updates_per_step`, else from `replay_ratio`."""
+        if self.updates_per_step:
+            return self.updates_per_step
+        return max(1, round(self._updates_per_env_step))
+
+    @property
+    def learn_interval(self) -> int:
+        """Vector steps from one learning vector step to the next: 1, or more when `replay_ratio` asks for
+        fewer than one update per vector step (few envs, large batches)."""
+        if self.updates_per_step or self._updates_per_env_step >= 1.0:
+            return 1
+        return max(1, round(1.0 / self._updates_per_env_step))
+
+    @property
+    def learning_starts_iteration(self) -> int:
+        """The first vector step that may learn (`learning_starts` env steps collected)."""
+        return -(-self.learning_starts // self.num_envs)
+
+    @property
+    def total_updates(self) -> int:
+        """Gradient updates of the whole run (the learning rate anneals to 0 over them)."""
+        learning_steps = -(-(self.total_iterations - self.learning_starts_iteration) // self.learn_interval)
+        return max(1, learning_steps * self.vector_step_updates)
+
     @property
     def buffer_rows(self) -> int:
         """Vector steps the buffer holds (the buffer is [rows, num_envs])."""
@@ -261,59 +324,46 @@ class TrainConfig:
         return max(1, -(-self.eval_frequency // (self.chunk_iterations * self.num_envs)))
 
 
-# Command line --------------------------------------------------------------------------------
+# Building a run's config (its flags are jaxdqn.cli's) ---------------------------------------------
 
-def _parse_sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+# With many envs, the default budget is at least this many vector steps (and epsilon decays over the same
+# share of it): 3M env steps are only 46 vector steps of 65,536 envs, too few rounds of acting and
+# learning (6 of 10 seeds solved CartPole there; benchmarks/results/scale_cartpole_h200_budget3m.md).
+MIN_VECTOR_STEPS = 256
 
-
-def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """Adds one flag per TrainConfig field (default None, so that env defaults can fill the gaps)."""
-    for field in dataclasses.fields(TrainConfig):
-        if field.name in skip or not field.metadata.get("cli", True):
-            continue
-        names = (f"--{field.name}", *field.metadata["flags"])
-        help_text = field.metadata["help"]
-        if field.metadata["original"]:
-            help_text += " [original flag]"
-        default = field.default
-        if isinstance(default, bool):
-            parser.add_argument(*names, dest=field.name, default=None, action=argparse.BooleanOptionalAction,
-                                help=f"{help_text} (default: {default})")
-            continue
-        if field.name == "sweep":  # repeated flags add up: --sweep lr=1e-4,1e-3 --sweep tau=0.05,1 is one grid
-            parser.add_argument(*names, dest=field.name, nargs="+", action="extend", default=None,
-                                metavar="KEY=V1,V2", help=f"{help_text} (default: none)")
-            continue
-        if field.name == "hidden_sizes":
-            kind = _parse_sizes
-            shown = ",".join(map(str, default))
-        elif field.name == "env":
-            kind, shown = str, default
-        elif field.name == "log_dir":
-            kind, shown = str, "runs/<env>-<time>"
-        elif field.name == "num_devices":
-            kind, shown = int, "all"
-        else:
-            kind, shown = type(default), default
-        choices = field.metadata["choices"]
-        parser.add_argument(*names, dest=field.name, type=kind, default=None, choices=choices,
-                            metavar=None if choices else field.name.upper(), help=f"{help_text} (default: {shown})")
-
-
-def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return OneLineParser(prog=prog, description=description)
+# Named sets of flags (`--preset`), applied after the env's defaults and before the given flags.
+# Rainbow (Hessel et al. 2018): C51 with double targets, dueling heads, 3-step returns and prioritized
+# replay (alpha 0.5, beta 0.4 annealed to 1), exploring epsilon-greedily: with thousands of envs sharing
+# one draw of noisy nets' noise per vector step, Rainbow with noisy nets (and epsilon 0) learned far less
+# than without them on one H200 (Breakout-MinAtar 7.6 against 38.4, 10 seeds; CartPole-v1 6 of 10 seeds
+# solved; benchmarks/results/learners/). `--preset rainbow --noisy` adds them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "rainbow": {"learner": "c51", "double": True, "dueling": True, "n_step": 3, "prioritized": True,
+                "priority_alpha": 0.5, "priority_beta": 0.4},
+}
 
 
 def build_config(flags: dict[str, Any], spec: EnvSpec, base: TrainConfig | None = None) -> TrainConfig:
-    """Merges, in increasing priority: TrainConfig defaults (or `base`), the env's defaults, given flags."""
+    """Merges, in increasing priority: TrainConfig defaults (or `base`), the env's defaults, the preset's
+    flags (`--preset`), given flags. With `--noisy` on, eps and min_eps default to 0."""
     values = dataclasses.asdict(base) if base is not None else {}
     if base is None:
         values.update(spec.defaults)
-    values.update({key: value for key, value in flags.items() if value is not None})
+    given = {key: value for key, value in flags.items() if value is not None}
+    preset = given.get("preset", values.get("preset", "none"))
+    if base is None and preset in PRESETS:
+        values.update(PRESETS[preset])
+    if base is None and given.get("noisy", values.get("noisy")):  # noisy nets explore by themselves
+        values.update(eps=0.0, min_eps=0.0)
+    if base is None and "total_steps" not in given and "total_steps" not in spec.defaults:
+        defaults = TrainConfig()
+        num_envs = given.get("num_envs", values.get("num_envs", defaults.num_envs))
+        total_steps = max(defaults.total_steps, MIN_VECTOR_STEPS * num_envs)
+        if total_steps > defaults.total_steps:  # the budget follows num_envs, and epsilon's decay with it
+            values["total_steps"] = total_steps
+            if "eps_decay_steps" not in given and "eps_decay_steps" not in spec.defaults:
+                values["eps_decay_steps"] = defaults.eps_decay_steps * total_steps // defaults.total_steps
+    values.update(given)
     values["env"] = spec.name
     config = TrainConfig.from_dict(values).validate()
     # A run must learn something (`TrainConfig.validate` alone allows it: tests step the acting alone).

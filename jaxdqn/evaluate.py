@@ -1,4 +1,5 @@
-"""Evaluates a saved agent: `python -m jaxdqn.evaluate --load_model DIR [--env NAME] [--episodes N]`.
+"""Evaluates a saved agent: `python -m jaxdqn.evaluate --load_model DIR [--env NAME] [--episodes N]`
+(also `jaxdqn evaluate ...` and `jaxdqn-evaluate ...`).
 
 The original project's tester, for Orbax checkpoints written by `python -m jaxdqn.train --save_model
 DIR`: it restores the agent's network from the checkpoint's config (device 0's parameters, so a run
@@ -16,36 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jaxdqn.config import make_parser
+from jaxdqn.cli import make_evaluate_parser
 from jaxdqn.errors import ConfigError, one_line
 
-# JAX is imported where it is used, so that `--help` and bad flags answer without its start-up.
-
-
-def make_evaluate_parser() -> argparse.ArgumentParser:
-    parser = make_parser("jaxdqn.evaluate", "Evaluate the greedy policy of an agent saved by "
-                         "`python -m jaxdqn.train --save_model DIR`.")
-    parser.formatter_class = argparse.HelpFormatter  # the defaults are in the help texts
-    parser.add_argument("--load_model", required=True, metavar="DIR", help="the checkpoint folder")
-    parser.add_argument("--load_step", type=int, default=None, metavar="STEP",
-                        help="the checkpoint at STEP env steps (default: the latest)")
-    parser.add_argument("--env", "--environment", dest="env", default=None, metavar="NAME",
-                        help="environment to evaluate on (default: the checkpoint's); its observations and "
-                             "actions must fit the saved network")
-    parser.add_argument("--episodes", type=int, default=None, metavar="N",
-                        help="greedy episodes, run in parallel (default: the run's eval_episodes)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the episodes' resets and dynamics, an int32 (default: 0)")
-    parser.add_argument("--out", default=None, metavar="PATH",
-                        help="where to write the results as JSON (a folder gets eval.json; default: DIR/eval.json); "
-                             "checked writable before evaluating")
-    parser.add_argument("--trust_checkpoint_code", action="store_true",
-                        help="import the module the checkpoint's config names as its environment "
-                             "(package.module:Attribute), which runs its code; without it, only if --env names it")
-    parser.add_argument("--compile_cache", default=None, metavar="DIR",
-                        help="JAX persistent compilation cache folder (default: the trainer's)")
-    parser.add_argument("--no_compile_cache", action="store_true", help="do not use the compilation cache")
-    return parser
+# JAX is imported where it is used, so that `--help` and bad flags answer without its start-up; the flags are
+# `jaxdqn.cli.make_evaluate_parser`'s.
 
 
 def evaluate(directory: str | Path, step: int | None = None, env: str | None = None, episodes: int | None = None,
@@ -76,7 +52,7 @@ def evaluate(directory: str | Path, step: int | None = None, env: str | None = N
     preflight.check_memory(preflight.estimate_memory(config, agent.env, agent.env_params, agent.network, training=False))
     run = jax.jit(evaluate_greedy, static_argnums=(0, 2, 5))
     start = time.time()
-    returns, lengths = run(agent.env, agent.env_params, agent.network, agent.params, jax.random.key(seed), episodes)
+    returns, lengths = run(agent.env, agent.env_params, agent.learner, agent.params, jax.random.key(seed), episodes)
     returns, lengths = np.asarray(returns), np.asarray(lengths)
     return {
         "env": agent.env_name,
@@ -123,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         # Before any work: the checkpoint is readable, its env is one the user asked for, the output writable.
         checkpoint = find(args.load_model, args.load_step)
         preflight.check_checkpoint_env(checkpoint.config.env, args.env, args.trust_checkpoint_code)
+        if args.video is not None:  # watching instead of evaluating: its own checks, then one line naming the file
+            from jaxdqn import video
+
+            return video.main(args, checkpoint)
         path = output_path(args)
         preflight.check_output_file(path, "--out")  # by default DIR/eval.json
         enable_compile_cache(None if args.no_compile_cache else (args.compile_cache or DEFAULT_COMPILE_CACHE))

@@ -1,7 +1,7 @@
 """Runs the trainer's pure functions SPMD over a mesh of devices (layer 4 of the design).
 
 Each device steps its own `num_envs / num_devices` environments and keeps its own replay-buffer shard;
-gradients are averaged with `lax.pmean` inside `DQN.update`, so parameters stay identical everywhere.
+gradients are averaged with `lax.pmean` inside `Trainer.apply_gradients`, so parameters stay identical everywhere.
 We use `jax.shard_map` over a one-axis `Mesh` rather than `jax.pmap`: `pmap` is in maintenance mode and
 has been implemented on top of `shard_map` since JAX 0.8, and a `Mesh` spans the devices of several
 processes (`jax.distributed`) with no change to this code. One device is the same program with a mesh
@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxdqn.agent import DQN
+from jaxdqn.agent import Trainer
 from jaxdqn.registry import ConfigError
 
 AXIS = "devices"
@@ -61,7 +61,7 @@ def _per_device(fn):
     return wrapped
 
 
-def make_init(dqn: DQN, mesh: Mesh, num_agents: int = 1):
+def make_init(dqn: Trainer, mesh: Mesh, num_agents: int = 1):
     """`init(seed, hparams) -> state`, jitted; the int32 seed and hparams are the same for every device.
 
     With `num_agents > 1` the seed and hparams carry a leading agent axis and so does every leaf of the
@@ -78,7 +78,7 @@ def make_init(dqn: DQN, mesh: Mesh, num_agents: int = 1):
                                  out_specs=PartitionSpec(AXIS), check_vma=CHECK_VMA))
 
 
-def make_run_chunk(dqn: DQN, mesh: Mesh, num_iterations: int, num_agents: int = 1):
+def make_run_chunk(dqn: Trainer, mesh: Mesh, num_iterations: int, num_agents: int = 1):
     """`run_chunk(state) -> (state, metrics)`, jitted with the state donated (updated in place)."""
     chunk = functools.partial(dqn.run_chunk, num_iterations=num_iterations)
     chunk = _per_device(jax.vmap(chunk) if num_agents > 1 else chunk)
@@ -87,7 +87,7 @@ def make_run_chunk(dqn: DQN, mesh: Mesh, num_iterations: int, num_agents: int = 
     return jax.jit(sharded, donate_argnums=0, compiler_options=dqn.chunk_compiler_options())
 
 
-def make_evaluate(dqn: DQN, num_episodes: int, num_agents: int = 1):
+def make_evaluate(dqn: Trainer, num_episodes: int, num_agents: int = 1):
     """`evaluate(params_block, seed, index) -> (returns, lengths)`, jitted: `num_episodes` greedy episodes.
 
     `params_block` is the first device's block of the state's parameters (`first_device_block`), so the

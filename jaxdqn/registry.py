@@ -10,6 +10,7 @@ Names resolve in this order:
 1. names registered with :func:`register` (jaxdqn's own, `jaxdqn.envs`, and the user's);
 2. short aliases (`cartpole` -> `CartPole-v1`);
 3. every gymnax id (`Acrobot-v1`, `Breakout-MinAtar`, ...), registered on first use;
+3b. `suite:id` of another JAX suite (`navix:`, `xminigrid:`, `craftax:`, `jumanji:`), adapted by `jaxdqn.suites`;
 4. `package.module:Attribute`, importing a user's module without editing jaxdqn. The attribute is an
    `Environment` subclass or a factory returning one (or `(env, env_params)`); importing the module
    may also call :func:`register` for richer defaults.
@@ -187,6 +188,10 @@ def get_spec(name: str) -> EnvSpec:
             ),
         )
     if ":" in name:
+        from jaxdqn import suites  # local import: jaxdqn.suites imports this module
+
+        if suites.is_suite_name(name):  # navix:ID, xminigrid:ID, craftax:ID, jumanji:ID
+            return suites.suite_spec(name)
         return _spec_from_import_path(name)
     close = difflib.get_close_matches(name, registered_names(), n=3, cutoff=0.5)
     hint = ", ".join(close) if close else "cartpole, Acrobot-v1, MountainCar-v0, Breakout-MinAtar"
@@ -244,7 +249,9 @@ def is_import_path(name: str) -> bool:
     registered name, alias or gymnax id. Importing a module runs its code."""
     _load_builtin_envs()
     name = ALIASES.get(name.lower(), name)
-    return ":" in name and name not in _REGISTRY and name not in gymnax.registered_envs
+    from jaxdqn.suites import is_suite_name  # local import: jaxdqn.suites imports this module
+
+    return ":" in name and name not in _REGISTRY and name not in gymnax.registered_envs and not is_suite_name(name)
 
 
 def _one_line(error: BaseException) -> str:

@@ -1,6 +1,7 @@
 """What a run shows and writes: the progress bar or log lines, metrics.csv, the learning curve, summary.json.
 
-Everything here runs on the host between jitted chunks and never inside the XLA program.
+Everything here runs on the host between jitted chunks and never inside the XLA program. The rows written
+to metrics.csv also feed the run's TensorBoard and W&B writers, if any (`jaxdqn.loggers`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:  # imported when a run has writers: `--help` reads this module's process_start_time
+    from jaxdqn.loggers import ChunkStats, MetricWriter
 
 METRIC_COLUMNS = ("env_steps", "updates", "wall_s", "sps", "train_return", "eval_return", "loss", "epsilon")
 
@@ -39,36 +44,49 @@ def _number(value: Any) -> str:
 
 
 class RunLog:
-    """Writes config.json and metrics.csv, and shows progress on the terminal (or as log lines)."""
+    """Writes config.json and metrics.csv, shows progress on the terminal (or as log lines), and feeds `writers`
+    (TensorBoard, W&B: `jaxdqn.loggers.open_writers`) each row, which it closes with itself."""
 
     def __init__(self, log_dir: Path | None, total_steps: int, env_name: str, show_progress: bool = True,
-                 stream=sys.stderr):
+                 stream: TextIO = sys.stderr, writers: Sequence[MetricWriter] = ()):
         self.log_dir = log_dir
         self.rows: list[dict[str, Any]] = []
         self.stream = stream
         self.show_progress = show_progress
+        self.writers = list(writers)
         self._bar = None
         self._csv_file = None
-        if log_dir is not None:
-            log_dir.mkdir(parents=True, exist_ok=True)
-            self._csv_file = open(log_dir / "metrics.csv", "w", newline="")
-            self._csv = csv.DictWriter(self._csv_file, fieldnames=METRIC_COLUMNS)
-            self._csv.writeheader()
-        if show_progress and stream.isatty():
-            from tqdm import tqdm
+        try:
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                self._csv_file = open(log_dir / "metrics.csv", "w", newline="")
+                self._csv = csv.DictWriter(self._csv_file, fieldnames=METRIC_COLUMNS)
+                self._csv.writeheader()
+            if show_progress and stream.isatty():
+                from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, unit="step", unit_scale=True, desc=env_name, file=stream,
-                             dynamic_ncols=True)
+                self._bar = tqdm(total=total_steps, unit="step", unit_scale=True, desc=env_name, file=stream,
+                                 dynamic_ncols=True)
+        except BaseException:
+            self.close()  # the writers it was given too
+            raise
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         if self.log_dir is not None:
             (self.log_dir / name).write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
-    def add_row(self, row: dict[str, Any]) -> None:
+    def add_row(self, row: dict[str, Any], stats: ChunkStats | None = None) -> None:
+        """Adds a chunk's row (metrics.csv's columns, and more); `stats` adds what the writers log beyond it."""
         self.rows.append(row)
         if self._csv_file is not None:
             self._csv.writerow({key: _number(row.get(key)) for key in METRIC_COLUMNS})
             self._csv_file.flush()
+        if self.writers and stats is not None:
+            from jaxdqn.loggers import chunk_scalars
+
+            scalars = chunk_scalars(row, stats)
+            for writer in self.writers:
+                writer.write(row["env_steps"], scalars)
         shown = {
             "sps": f"{row['sps']:.3g}",
             "return": _number(row["train_return"]) or "-",
@@ -98,38 +116,70 @@ class RunLog:
         if self._csv_file is not None:
             self._csv_file.close()
             self._csv_file = None
+        writers, self.writers = self.writers, []
+        for writer in writers:
+            writer.close()
 
 
 def plot_learning_curve(rows: list[dict[str, Any]], path: Path, title: str, threshold: float | None) -> None:
-    """Training and evaluation return against env steps, saved as a PNG."""
+    """The run at a glance, saved as a PNG: returns, TD loss and epsilon against env steps, one above the other.
+
+    Returns: the exploring episodes' (training) and the greedy evaluations', with the agents' min-to-max band
+    when a population trained (--num_seeds, --sweep) and the env's solved threshold. The loss is drawn on a
+    log scale when it spans more than a decade; chunks before the first update have none.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure, (returns, loss, epsilon) = plt.subplots(3, 1, figsize=(7, 6), sharex=True, dpi=100,
+                                                    gridspec_kw={"height_ratios": (2.2, 1, 1)})
     steps = [row["env_steps"] for row in rows]
-    axes.plot(steps, [row["train_return"] for row in rows], label="training return (exploring)")
-    evaluated = [row for row in rows if row.get("eval_return") is not None]
+    returns.plot(steps, [_finite(row.get("train_return")) for row in rows], color="tab:blue",
+                 label="training (exploring)")
+    evaluated = [row for row in rows if _finite(row.get("eval_return")) is not None]
     if evaluated:
         eval_steps = [row["env_steps"] for row in evaluated]
         several = all("eval_return_agents" in row for row in evaluated)
-        axes.plot(eval_steps, [row["eval_return"] for row in evaluated], marker="o",
-                  label="greedy evaluation return" + (" (mean over agents)" if several else ""))
+        returns.plot(eval_steps, [row["eval_return"] for row in evaluated], color="tab:orange", marker="o",
+                     markersize=3, label="greedy evaluation" + (" (mean over agents)" if several else ""))
         if several:  # the spread of a population of agents (--num_seeds, --sweep)
-            axes.fill_between(eval_steps, [min(row["eval_return_agents"]) for row in evaluated],
-                              [max(row["eval_return_agents"]) for row in evaluated], alpha=0.25,
-                              label="agents' min to max")
+            returns.fill_between(eval_steps, [min(row["eval_return_agents"]) for row in evaluated],
+                                 [max(row["eval_return_agents"]) for row in evaluated], color="tab:orange",
+                                 alpha=0.2, label="agents' min to max")
     if threshold is not None:
-        axes.axhline(threshold, color="gray", linestyle="--", label=f"solved ({threshold:g})")
-    axes.set_xlabel("env steps")
-    axes.set_ylabel("episode return")
-    axes.set_title(title)
-    axes.legend(loc="lower right")
-    axes.grid(alpha=0.3)
+        returns.axhline(threshold, color="gray", linestyle="--", linewidth=1, label=f"solved ({threshold:g})")
+    returns.set_ylabel("episode return")
+    returns.set_title(title)
+    returns.legend(loc="best", fontsize="small", framealpha=0.8)
+
+    losses = [_finite(row.get("loss")) for row in rows]
+    loss.plot(steps, losses, color="tab:red")
+    positive = [value for value in losses if value is not None and value > 0]
+    if positive and max(positive) > 10 * min(positive):  # a loss spanning decades: each one visible
+        loss.set_yscale("log")
+    loss.set_ylabel("TD loss")
+
+    epsilon.plot(steps, [_finite(row.get("epsilon")) for row in rows], color="tab:green")
+    epsilon.set_ylim(0, 1.05)
+    epsilon.set_ylabel("epsilon")
+    epsilon.set_xlabel("env steps")
+    epsilon.xaxis.set_major_formatter(EngFormatter())
+    for axes in (returns, loss, epsilon):
+        axes.grid(alpha=0.3)
+    figure.align_ylabels()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path)
     plt.close(figure)
+
+
+def _finite(value: Any) -> float | None:
+    """`value` as a float to plot, or None (a gap in the line) when it is missing, NaN or infinite."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def keep_previous_summary(log_dir: Path) -> Path | None:

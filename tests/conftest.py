@@ -21,15 +21,23 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def make_dqn(config):
-    """A one-device `jaxdqn.agent.DQN` for `config`, with the env and the network `jaxdqn.train` would pick."""
-    from jaxdqn.agent import DQN
-    from jaxdqn.networks import make_network
+def make_trainer(config, kernels: str | None = None, platform: str | None = None):
+    """A one-device `jaxdqn.agent.Trainer` for `config`, with the env and the learner `jaxdqn.train` would pick.
+
+    `kernels="interpret"`: the GPU kernels the config's `fused_acting`/`fused_update` ask for, run by the
+    Pallas interpreter (`jaxdqn.kernels.choose`); `platform`: the platform the backend is chosen for.
+    """
+    from jaxdqn import kernels as backends
+    from jaxdqn.agent import Trainer
+    from jaxdqn.learners import build_learner
     from jaxdqn.registry import make_env
 
-    _, env, env_params = make_env(config.env)
-    network = make_network(env.observation_space(env_params).shape, env.action_space(env_params).n, config)
-    return DQN(config, env, env_params, network)
+    spec, env, env_params = make_env(config.env)
+    obs_shape = env.observation_space(env_params).shape
+    learner = build_learner(config, obs_shape, env.action_space(env_params).n, spec.make_network)
+    kernel = backends.Path.INTERPRET if kernels == "interpret" else backends.Path.KERNEL
+    backend = backends.choose(config, learner, obs_shape, max(1, config.batch_size), platform=platform, kernel=kernel)
+    return Trainer(config, env, env_params, learner.network, learner=learner, backend=backend)
 
 
 @pytest.fixture

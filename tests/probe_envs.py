@@ -91,6 +91,14 @@ class TruncatedForever(_Probe):
         return jnp.zeros((1,), jnp.float32)
 
 
+class UniformReward(_Probe):
+    """One step, reward ~ U(0, 1): the return's quantile at tau is tau, its mean 1/2."""
+
+    def step_env(self, key, state, action, params):
+        obs, state, _, terminated, info = super().step_env(key, state, action, params)
+        return obs, state, jax.random.uniform(key, (), jnp.float32), terminated, info
+
+
 class StepCounter(_Probe):
     """Observation = steps taken in the episode; never terminates, truncated after 2 steps."""
 
@@ -102,8 +110,8 @@ class StepCounter(_Probe):
 
 
 def q_values(program, state, observations):
-    """Q-values of device 0's online network at `observations` `[n, 1]`."""
+    """Q-values of device 0's online network at `observations` `[n, 1]` (the learner's, for any learner)."""
     from jaxdqn import parallel
 
     params = parallel.first_device(state.params)
-    return jax.device_get(program.dqn.network.apply(params, jnp.asarray(observations, jnp.float32)))
+    return jax.device_get(program.dqn.learner.q_values(params, jnp.asarray(observations, jnp.float32)))

@@ -153,18 +153,26 @@ def test_cli_exits_1_and_prints_the_divergence():
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, message, in_a_process",
     [
         (("--env", "tests.bugged_ports:PythonIfTaxi", "--reference", REFERENCE),
-         "uses Python control flow on a traced value in step_env: "),
-        (("--env", "NoSuchEnv-v0", "--reference", REFERENCE), "unknown environment 'NoSuchEnv-v0'"),
-        (("--env", "Taxi-v4", "--reference", "gymnasium:NoSuchEnv-v0"), "unknown reference"),
-        (("--env", "Taxi-v4", "--episodes", "0"), "--episodes must be positive"),
+         "uses Python control flow on a traced value in step_env: ", True),  # traced there: its whole stderr
+        (("--env", "NoSuchEnv-v0", "--reference", REFERENCE), "unknown environment 'NoSuchEnv-v0'", False),
+        (("--env", "Taxi-v4", "--reference", "gymnasium:NoSuchEnv-v0"), "unknown reference", False),
+        (("--env", "Taxi-v4", "--episodes", "0"), "--episodes must be positive", False),
     ],
 )
-def test_cli_exits_2_with_one_line_on_bad_input(args, message):
-    result = run_cli(*args)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+def test_cli_exits_2_with_one_line_on_bad_input(args, message, in_a_process, capfd):
+    """In a real process, or through `main` in this one."""
+    if in_a_process:
+        result = run_cli(*args)
+        code, stderr = result.returncode, result.stderr
+    else:
+        from jaxdqn.check_port import main
+
+        capfd.readouterr()
+        code, stderr = main(list(args)), capfd.readouterr().err
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert lines[0].startswith("python -m jaxdqn.check_port: error: ") and message in lines[0]

@@ -422,7 +422,12 @@ def test_evaluate_cli_end_to_end(reference, tmp_path, cache_dir):
     (reference.checkpoints / "eval.json").unlink()
 
 
-def test_four_device_run_resumes_on_four_like_the_uninterrupted_run_evaluates_on_one_not_resumes(tmp_path, cache_dir):
+def test_four_device_run_resumes_on_four_like_the_uninterrupted_run_evaluates_on_one_not_resumes(tmp_path, cache_dir,
+                                                                                                capfd):
+    """Trained and resumed in 4-device processes; evaluated, and refused a resume, in this one-device process."""
+    from jaxdqn.evaluate import main as evaluate_main
+    from jaxdqn.train import main as train_main
+
     four_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     directory = tmp_path / "ckpt"
     check_ok(train_cli(*TINY, "--total_steps", 512, "--save_model", directory, "--log_dir", tmp_path / "log",
@@ -434,11 +439,12 @@ def test_four_device_run_resumes_on_four_like_the_uninterrupted_run_evaluates_on
                        "--log_dir", tmp_path / "resumed_log", cache=cache_dir, **four_devices))
     assert checkpoint.complete_steps(resumed) == [512]
     assert_trees_equal(saved_state(resumed, 512), saved_state(directory, 512))
-    check_ok(run_cli("jaxdqn.evaluate", "--load_model", directory, cache=cache_dir))
+    assert evaluate_main(["--load_model", str(directory), "--no_compile_cache"]) == 0
+    assert json.loads((directory / "eval.json").read_text())["checkpoint_step"] == 512
     before = snapshot(tmp_path)
-    result = train_cli("--load_model", directory, "--total_steps", 1024, cache=cache_dir)
-    assert result.returncode == 2
-    assert result.stderr.splitlines() == [
+    capfd.readouterr()
+    assert train_main(["--load_model", str(directory), "--total_steps", "1024", "--no_compile_cache"]) == 2
+    assert capfd.readouterr().err.splitlines() == [
         "jaxdqn.train: error: the checkpoint was saved by a run on 4 device(s), this run has 1; resume on 4 "
         "(evaluating it needs only one)"]
     assert snapshot(tmp_path) == before
@@ -525,17 +531,34 @@ BAD_INPUTS = {
 }
 
 
+# Through a real process, whose whole stderr must be the one line (Orbax and the restore are imported and run
+# there); the other cases call the module's `main` in this process, from the empty test folder.
+IN_A_PROCESS = {"evaluate_truncated", "train_deleted_file"}
+
+
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, reference, damaged, tmp_path, cache_dir):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, reference, damaged, tmp_path, cache_dir, capfd,
+                                                         monkeypatch):
+    import importlib
     import re
 
     module, make_args, message = BAD_INPUTS[case]
     args = make_args(reference, damaged, tmp_path)
     before = snapshot(reference.checkpoints, reference.log_dir, *damaged.values(), tmp_path)
-    result = run_cli(module, *args, cache=cache_dir)
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{module}: error: "), result.stderr[-2000:]
+    if case in IN_A_PROCESS:
+        result = run_cli(module, *args, cache=cache_dir)
+        code, stderr = result.returncode, result.stderr
+    else:
+        monkeypatch.chdir(tmp_path)  # a default runs/ folder would land here
+        capfd.readouterr()
+        try:
+            code = importlib.import_module(module).main([*map(str, args), "--no_compile_cache"])
+        except SystemExit as exit_info:  # argparse's own errors
+            code = exit_info.code
+        stderr = capfd.readouterr().err
+    assert code == 2, stderr[-2000:]
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{module}: error: "), stderr[-2000:]
     assert re.search(message, lines[0]), lines[0]
     assert snapshot(reference.checkpoints, reference.log_dir, *damaged.values(), tmp_path) == before
     assert sorted(path.name for path in tmp_path.iterdir()) == []  # no log or checkpoint folder was created

@@ -9,7 +9,7 @@ import pytest
 
 from jaxdqn import buffer as replay
 from jaxdqn import losses
-from tests.conftest import make_dqn
+from tests.conftest import make_trainer
 
 
 def test_q_learning_target_hand_computed():
@@ -114,7 +114,7 @@ def test_boolean_observations_keep_one_array_per_field():
 
 def test_epsilon_schedule_is_linear_in_env_steps(small_config):
     config = small_config(num_envs=16, eps=0.9, min_eps=0.1, eps_decay_steps=320)
-    dqn = make_dqn(config)
+    dqn = make_trainer(config)
     hparams = config.hparams
     # 16 envs per iteration: 320 env steps = 20 iterations
     values = [float(dqn.epsilon(jnp.int32(i), hparams)) for i in (0, 10, 20, 40)]
@@ -125,7 +125,7 @@ def test_epsilon_schedule_is_linear_in_env_steps(small_config):
 def test_target_update_fires_every_n_updates_whatever_num_envs(small_config, num_envs):
     config = small_config(num_envs=num_envs, buffer_size=num_envs * 8, target_update_frequency=3, tau=1.0,
                           learning_starts=0)
-    dqn = make_dqn(config)
+    dqn = make_trainer(config)
     state = dqn.init(jax.random.key(0), config.hparams)
     state = state.replace(buffer=replay.add(state.buffer, replay.Transition(
         obs=state.obs, action=jnp.zeros(num_envs, jnp.int32), reward=jnp.ones(num_envs),
@@ -146,7 +146,7 @@ def test_target_update_fires_every_n_updates_whatever_num_envs(small_config, num
 
 def test_polyak_target_update(small_config):
     config = small_config(target_update_frequency=1, tau=0.25, learning_starts=0)
-    dqn = make_dqn(config)
+    dqn = make_trainer(config)
     state = dqn.init(jax.random.key(0), config.hparams)
     state = state.replace(buffer=replay.add(state.buffer, replay.Transition(
         obs=state.obs, action=jnp.zeros(16, jnp.int32), reward=jnp.ones(16),
@@ -160,7 +160,7 @@ def test_polyak_target_update(small_config):
 def test_truncation_bootstraps_and_termination_does_not(small_config):
     """A stored time-limit truncation keeps the bootstrap; a termination cuts it (checked on the loss)."""
     config = small_config(learning_starts=0, double=False, loss="mse")
-    dqn = make_dqn(config)
+    dqn = make_trainer(config)
     state = dqn.init(jax.random.key(0), config.hparams)
     obs = state.obs[:1]
     q_next = jnp.max(dqn.network.apply(state.target_params, obs))
@@ -178,13 +178,13 @@ def test_truncation_bootstraps_and_termination_does_not(small_config):
 
 def test_stored_next_obs_is_the_final_observation(small_config):
     """At an episode's end the buffer holds the pre-reset observation, and `terminated` only for terminals."""
-    from jaxdqn.agent import DQN
+    from jaxdqn.agent import Trainer
     from jaxdqn.networks import make_network
     from tests.probe_envs import StepCounter
 
     config = small_config(num_envs=4, buffer_size=64, learning_starts=10**6)
     env = StepCounter()
-    dqn = DQN(config, env, env.default_params, make_network((1,), 1, config))
+    dqn = Trainer(config, env, env.default_params, make_network((1,), 1, config))
     state = dqn.init(jax.random.key(0), config.hparams)
     step = jax.jit(dqn.train_step)
     for _ in range(3):
@@ -199,13 +199,13 @@ def test_stored_next_obs_is_the_final_observation(small_config):
 def test_chunk_metrics_count_every_finished_episode(small_config):
     """Episode statistics add up per env through the chunk, then over the envs: 4 envs x 7 steps of
     2-step episodes (reward 1 per step) finish 4 x 3 episodes of return 2 and length 2."""
-    from jaxdqn.agent import DQN
+    from jaxdqn.agent import Trainer
     from jaxdqn.networks import make_network
     from tests.probe_envs import StepCounter
 
     config = small_config(num_envs=4, buffer_size=64, learning_starts=10**6)
     env = StepCounter()
-    dqn = DQN(config, env, env.default_params, make_network((1,), 1, config))
+    dqn = Trainer(config, env, env.default_params, make_network((1,), 1, config))
     state = dqn.init(jax.random.key(0), config.hparams)
     _, metrics = jax.jit(dqn.run_chunk, static_argnums=1)(state, 7)
     assert int(metrics.episodes) == 12 and int(metrics.iteration) == 7
@@ -223,10 +223,10 @@ def test_buffer_samples_batches_for_several_updates_at_once():
 
 @pytest.mark.parametrize("env, double", [("CartPole-v1", True), ("CartPole-v1", False), ("Breakout-MinAtar", True)])
 def test_stacked_networks_give_the_same_td_errors_and_gradients(small_config, env, double):
-    """The GPU path (`DQN.stacked_networks`: online and target network vmapped over both parameter
+    """The GPU path (`Backend.stacked_networks`: online and target network vmapped over both parameter
     sets) computes what two separate forward passes compute, gradients included."""
     config = small_config(env=env, double=double, hidden_sizes=(32, 32))
-    dqn = make_dqn(config)
+    dqn = make_trainer(config)
     state = dqn.init(jax.random.key(0), config.hparams)
     # A target network that differs from the online one, and a batch with terminal transitions.
     target = jax.tree.map(lambda leaf: leaf + 0.1 * jax.random.normal(jax.random.key(1), leaf.shape),
@@ -239,9 +239,10 @@ def test_stacked_networks_give_the_same_td_errors_and_gradients(small_config, en
         terminated=jax.random.bernoulli(keys[2], 0.3, (obs.shape[0],))), config.hparams.gamma)
     results = {}
     for stacked in (False, True):
-        dqn.stacked_networks = stacked
-        errors = dqn.td_errors(state.params, target, batch)
-        grads = jax.grad(dqn.loss)(state.params, target, batch)
+        def loss_and_errors(params):
+            return dqn.learner.loss_and_priorities(params, target, batch, stacked=stacked)
+
+        (_, errors), grads = jax.value_and_grad(loss_and_errors, has_aux=True)(state.params)
         results[stacked] = errors, grads
     assert float(jnp.abs(results[False][0]).max()) > 1e-3  # not trivially zero
     np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-5, atol=1e-6)
@@ -253,7 +254,7 @@ def test_a_vector_step_learns_from_the_buffer_as_it_was_before_the_step(small_co
     """The updates of a vector step sample the transitions stored before it (so that a GPU can act and
     learn at once), and learning starts at the first vector step after `learning_starts` are stored."""
     config = small_config(learning_starts=16, updates_per_step=2)  # one vector step of 16 envs
-    dqn = make_dqn(config)
+    dqn = make_trainer(config)
     step = jax.jit(dqn.train_step)
     state, metrics = step(jax.jit(dqn.init)(jax.random.key(0), config.hparams))
     assert int(state.updates) == 0 and int(metrics.num_updates) == 0  # the buffer was empty before it
@@ -267,18 +268,18 @@ def test_a_vector_step_learns_from_the_buffer_as_it_was_before_the_step(small_co
 
 def test_chunk_compiler_options_are_valid_xla_options_chosen_by_config(small_config, monkeypatch):
     """The chunk's GPU options are names and values the installed XLA accepts (a typo would fail every
-    GPU compile), and apply on GPUs to one device whose updates are one pass of their loop."""
-    from jaxdqn import agent
+    GPU compile), and apply on GPUs to one device whose updates are one pass of their loop (the backend
+    chosen for a GPU through `jaxdqn.kernels.choose`, as a run on one would)."""
+    from jaxdqn.kernels.backend import CHUNK_GPU_OPTIONS
 
-    compiled = jax.jit(lambda x: x + 1, compiler_options=agent.CHUNK_GPU_OPTIONS).lower(jnp.ones(2)).compile()
+    compiled = jax.jit(lambda x: x + 1, compiler_options=CHUNK_GPU_OPTIONS).lower(jnp.ones(2)).compile()
     np.testing.assert_array_equal(compiled(jnp.ones(2)), 2.0)
     with pytest.raises(Exception, match="not a valid"):
         jax.jit(lambda x: x + 1, compiler_options={"xla_gpu_command_buffer_scheduling_mode": "SIDEWAYS"}).lower(
             jnp.ones(2)).compile()
-    assert make_dqn(small_config(updates_per_step=1)).chunk_compiler_options() == {}  # this CPU
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    one_update = make_dqn(small_config(updates_per_step=1))
-    assert one_update.chunk_compiler_options() == agent.CHUNK_GPU_OPTIONS
-    assert make_dqn(small_config(updates_per_step=32)).chunk_compiler_options() == {}
+    assert make_trainer(small_config(updates_per_step=1)).chunk_compiler_options() == {}  # this CPU
+    one_update = make_trainer(small_config(updates_per_step=1), platform="gpu")
+    assert one_update.chunk_compiler_options() == CHUNK_GPU_OPTIONS
+    assert make_trainer(small_config(updates_per_step=32), platform="gpu").chunk_compiler_options() == {}
     monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_command_buffer=")  # the user's own setting wins
     assert one_update.chunk_compiler_options() == {}

@@ -142,11 +142,12 @@ def test_keeping_a_summary_never_replaces_a_kept_one(tmp_path):
 
 # 5. --help: fast (no JAX), every choice listed, each default said once --------------------------------------
 
-HEAVY_MODULES = {"jax", "jaxlib", "gymnax", "flax"}
+HEAVY_MODULES = {"jax", "jaxlib", "gymnax", "flax", "matplotlib", "tensorboardX", "tensorboard", "wandb"}
 
 
-def help_and_imports(module: str) -> tuple[str, set[str]]:
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--help"], cwd=ROOT,
+def help_and_imports(module: str, *command: str) -> tuple[str, set[str]]:
+    """`python -m module [command] --help`'s output, and the names of the modules it imported."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", module, *command, "--help"], cwd=ROOT,
                             env=subprocess_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
@@ -160,9 +161,10 @@ def flag_helps(text: str) -> dict[str, str]:
     return {block.split()[0]: " ".join(block.split()) for block in blocks if block.startswith("  -")}
 
 
-@pytest.mark.parametrize("module", ["jaxdqn.train", "jaxdqn.evaluate"])
-def test_help_imports_no_jax_and_says_each_default_once(module):
-    text, imported = help_and_imports(module)
+@pytest.mark.parametrize("command", [("jaxdqn.train",), ("jaxdqn.evaluate",), ("jaxdqn",), ("jaxdqn", "train"),
+                                     ("jaxdqn", "evaluate"), ("jaxdqn", "check-port")])
+def test_help_imports_no_jax_and_says_each_default_once(command):
+    text, imported = help_and_imports(*command)
     assert not imported & HEAVY_MODULES, imported & HEAVY_MODULES
     helps = flag_helps(text)
     assert helps

@@ -1,4 +1,11 @@
-"""Every discrete-action gymnax environment trains through the CLI, on 1 and on 2 CPU devices.
+"""Every discrete-action gymnax environment trains through the CLI on 2 CPU devices, and on 1 device
+one environment of each observation kind.
+
+A run on one device is the same program as on two, with a mesh of one and no collectives, and an env's
+own code runs alike on each device. What the trainer builds per env follows from its observations: the
+Q-network from their rank (a convolutional one for images) and the replay buffer's layout from their
+dtype (float32 rows packed, others stored field by field). So every id trains on 2 devices, and on 1
+device the ids in ONE_DEVICE, which cover every (rank, dtype) that gymnax's discrete envs have (checked).
 
 Each device count is one subprocess that calls `jaxdqn.train.main` once per env id with a tiny budget
 (see RUN_ENVS): one Python start-up for all the envs. The two subprocesses run side by side.
@@ -7,7 +14,6 @@ Each device count is one subprocess that calls `jaxdqn.train.main` once per env 
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 
@@ -41,9 +47,15 @@ print(json.dumps(results))
 """
 
 
-def discrete_action_ids() -> list[str]:
-    """gymnax's ids whose action space is discrete, in gymnax's order."""
-    ids = []
+# One env per observation kind (rank, dtype), the cheapest of its kind to compile: these also train on 1 device.
+ONE_DEVICE = ("CartPole-v1", "Catch-bsuite", "Breakout-MinAtar", "FourRooms-misc", "FrozenLake-misc")
+
+
+def discrete_action_ids() -> tuple[list[str], dict[str, tuple[int, str]]]:
+    """gymnax's ids whose action space is discrete, in gymnax's order, and each buildable one's observation kind."""
+    import jax
+
+    ids, kinds = [], {}
     for name in gymnax.registered_envs:
         if name == NEEDS_DOWNLOAD:  # a 10-armed bandit; not built here, which would download MNIST
             ids.append(name)
@@ -51,27 +63,30 @@ def discrete_action_ids() -> list[str]:
         env, params = gymnax.make(name)
         if isinstance(env.action_space(params), spaces.Discrete):
             ids.append(name)
-    return ids
+            obs, _ = jax.eval_shape(env.reset, jax.random.key(0), params)  # traced only: nothing runs
+            kinds[name] = (len(env.observation_space(params).shape), obs.dtype.name)
+    return ids, kinds
 
 
-def test_every_discrete_gymnax_env_trains_on_one_and_two_devices(tmp_path):
-    names = discrete_action_ids()
+def test_every_discrete_gymnax_env_trains_on_two_devices_and_each_observation_kind_on_one(tmp_path):
+    names, kinds = discrete_action_ids()
     assert {"CartPole-v1", "Asterix-MinAtar", "Catch-bsuite", "FrozenLake-misc"} <= set(names)
+    assert {kinds[name] for name in ONE_DEVICE} == set(kinds.values()), "a kind of observation without a 1-device run"
     # Compiling is nearly all of this test's time: XLA's CPU backend with its optimization off and without
     # its MLIR fusion emitters compiles these programs in about 40% of the default's CPU time.
     flags = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
     runs = {}
-    for devices in (1, 2):
+    for devices, ids in ((2, names), (1, list(ONE_DEVICE))):
         env = subprocess_env(XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}",
                              JAX_PLATFORMS="cpu")
-        command = [sys.executable, "-c", RUN_ENVS, str(devices), str(tmp_path / str(devices)), *names]
-        runs[devices] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         text=True)
-    for devices, process in runs.items():
+        command = [sys.executable, "-c", RUN_ENVS, str(devices), str(tmp_path / str(devices)), *ids]
+        runs[devices] = (ids, subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE, text=True))
+    for devices, (ids, process) in runs.items():
         stdout, stderr = process.communicate(timeout=900)
         assert process.returncode == 0, stderr[-3000:]
         results = json.loads(stdout.strip().splitlines()[-1])
-        assert list(results) == names
+        assert list(results) == ids
         for name, (code, env_stderr) in results.items():
             if name == NEEDS_DOWNLOAD and code == 2:  # MNIST not downloadable: one line, nothing written
                 lines = env_stderr.strip().splitlines()
@@ -81,7 +96,8 @@ def test_every_discrete_gymnax_env_trains_on_one_and_two_devices(tmp_path):
             assert code == 0, f"{name} on {devices} device(s):\n{env_stderr[-3000:]}"
             summary = json.loads((tmp_path / str(devices) / name / "summary.json").read_text())
             assert summary["num_devices"] == devices and summary["total_steps"] == 64
-            assert math.isfinite(summary["eval_return_mean"]), (name, devices, summary["eval_return_mean"])
+            # 16 vector steps of 4 envs: the first 4 fill learning_starts, then one update each
+            assert summary["updates"] == 12 and summary["eval_episodes"] == 2, (name, devices, summary)
 
 
 def test_continuous_action_env_is_one_line_exit_2(tmp_path):

@@ -16,10 +16,11 @@ from tests.conftest import ROOT, subprocess_env
 from tests.probe_envs import q_values
 
 
-def run_program(config, num_chunks=None):
-    """Runs `num_chunks` jitted chunks through the layered API; returns the program, state and metrics."""
-    program = build_program(config)
-    state = program.init(np.int32(config.seed), config.hparams)
+def run_program(config, num_chunks=None, program=None, seed=None):
+    """Runs `num_chunks` jitted chunks through the layered API (of `program`, else one built for `config`) from
+    `seed` (else the config's); returns the program, state and metrics."""
+    program = program or build_program(config)
+    state = program.init(np.int32(config.seed if seed is None else seed), config.hparams)
     metrics = []
     for _ in range(num_chunks or config.num_chunks):
         state, chunk_metrics = program.run_chunk(state)
@@ -48,8 +49,12 @@ def test_probe_environments_learn_known_q_values(small_config, probe, observatio
 
 
 def test_same_seed_same_metrics_and_different_seeds_differ(small_config):
+    """Three runs of one compiled program, the seed its argument: seed 0 twice, then seed 1."""
+    config = small_config(total_steps=16 * 64, chunk_steps=16 * 16)
+    program = build_program(config)
+
     def chunk_returns(seed):
-        _, state, metrics = run_program(small_config(seed=seed, total_steps=16 * 64, chunk_steps=16 * 16))
+        _, state, metrics = run_program(config, program=program, seed=seed)
         return [float(m.loss) for m in metrics] + [float(m.train_return) for m in metrics], state
 
     first, state_a = chunk_returns(0)
@@ -62,16 +67,16 @@ def test_same_seed_same_metrics_and_different_seeds_differ(small_config):
 
 
 def test_chunk_is_traced_once_per_run(small_config, monkeypatch):
-    from jaxdqn.agent import DQN
+    from jaxdqn.agent import Trainer
 
     traces = []
-    original = DQN.train_step
+    original = Trainer.train_step
 
     def counting_train_step(self, state, keys=None):
         traces.append(1)
         return original(self, state, keys)
 
-    monkeypatch.setattr(DQN, "train_step", counting_train_step)
+    monkeypatch.setattr(Trainer, "train_step", counting_train_step)
     from jaxdqn.train import train
 
     summary = train(small_config(total_steps=16 * 4 * 5, chunk_steps=16 * 4, eval_frequency=16 * 4), log_dir=None,

@@ -26,17 +26,16 @@ def final_params(config):
     return jax.tree.map(np.asarray, parallel.first_device(state.params))
 
 
-def test_a_four_point_sweep_matches_four_separate_runs(small_config):
+def test_a_four_point_sweep_matches_separate_runs(small_config):
+    """Points 1 and 2 of the 2 x 2 grid each change one key from point 0, so matching their separate runs pins the
+    grid's order (first key slowest) and that both values of both keys reach their agents."""
     base = dict(total_steps=16 * 24, chunk_steps=16 * 8)
     swept = final_params(small_config(sweep=("lr=1e-3,3e-3", "gamma=0.9,0.99"), **base))
-    points = [(1e-3, 0.9), (1e-3, 0.99), (3e-3, 0.9), (3e-3, 0.99)]  # the grid's order: first key slowest
-    firsts = []
-    for index, (lr, gamma) in enumerate(points):
+    for index, (lr, gamma) in ((1, (1e-3, 0.99)), (2, (3e-3, 0.9))):
         alone = final_params(small_config(lr=lr, gamma=gamma, **base))
         jax.tree.map(lambda many, one: np.testing.assert_allclose(many[index], one, rtol=1e-4, atol=1e-5), swept, alone)
-        firsts.append(jax.tree.leaves(alone)[0])
-    # four distinct results
-    assert len({leaf.tobytes() for leaf in firsts}) == 4
+    # four distinct agents
+    assert len({agent.tobytes() for agent in jax.tree.leaves(swept)[0]}) == 4
 
 
 def test_seeds_differ_and_are_the_separate_runs(small_config):
@@ -56,14 +55,29 @@ def test_cli_writes_per_seed_results_and_the_ranked_sweep_table(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["num_agents"] == 4
     assert [(agent["tau"], agent["seed"]) for agent in summary["agents"]] == [(0.05, 0), (0.05, 1), (1.0, 0), (1.0, 1)]
-    means = [agent["eval_return_mean"] for agent in summary["agents"]]
-    assert summary["agents_eval_return_min"] == min(means)
-    assert summary["agents_eval_return_mean"] == pytest.approx(np.mean(means))
-    ranked = [row["eval_return_mean"] for row in summary["sweep"]]
-    assert ranked == sorted(ranked, reverse=True) and len(ranked) == 2
+    assert sorted(row["tau"] for row in summary["sweep"]) == [0.05, 1.0]  # one row per point (figures: next test)
     assert (tmp_path / "sweep.csv").read_text().startswith("tau,seeds,eval_return_mean")
     assert "| rank | tau |" in (tmp_path / "sweep.md").read_text()
     assert "4 agents x 8 episodes" in result.stdout.strip().splitlines()[-1]
+
+
+def test_summary_and_ranked_sweep_hand_computed(tmp_path):
+    """Four agents, tau 0.05 and 1 times seeds 0 and 1, with hand-picked final returns and solve steps."""
+    from jaxdqn.config import TrainConfig
+
+    config = TrainConfig(num_seeds=2, sweep=("tau=0.05,1",))
+    agents = population.make_agents(config)
+    returns = np.array([[10.0, 20.0], [30.0, 30.0], [40.0, 60.0], [0.0, 20.0]])  # agent means 15, 30, 50, 10
+    summary = population.summarize(config, agents, returns, [1000, None, 2000, 4000], tmp_path)
+    assert [(agent["tau"], agent["seed"], agent["eval_return_mean"]) for agent in summary["agents"]] == [
+        (0.05, 0, 15.0), (0.05, 1, 30.0), (1.0, 0, 50.0), (1.0, 1, 10.0)]
+    assert summary["agents_eval_return_mean"] == pytest.approx(26.25) and summary["agents_eval_return_min"] == 10.0
+    assert summary["agents_eval_return_iqm"] == pytest.approx(22.5)  # the middle two of 10, 15, 30, 50
+    # tau 1 first: mean 30 over its seeds against 22.5
+    assert [(row["tau"], row["eval_return_mean"], row["eval_return_min"], row["solved_seeds"],
+             row["median_steps_to_solve"]) for row in summary["sweep"]] == [(1.0, 30.0, 10.0, 2, 3000.0),
+                                                                          (0.05, 22.5, 15.0, 1, 1000.0)]
+    assert (tmp_path / "sweep.md").read_text().splitlines()[2] == "| 1 | 1 | 2 | 30.0 | 10.0 | 2 | 3,000 |"
 
 
 def test_interquartile_mean_hand_computed():

@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 
 from jaxdqn import program_cache
-from jaxdqn.agent import DQN
+from jaxdqn.agent import Trainer
 from jaxdqn.train import build_program, train
 from tests.conftest import ROOT, subprocess_env
 
@@ -38,22 +40,45 @@ def comparable(summary):
                                           "eval_length_mean")}
 
 
-def test_a_second_run_loads_the_programs_without_tracing_and_trains_identically(small_config, tmp_path, monkeypatch):
-    config = small_config(total_steps=16 * 4 * 3, chunk_steps=16 * 4, eval_frequency=16 * 4)
-    first = run(config, tmp_path)
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """A three-chunk run's config and summary, and the cache folder it stored its programs in (tests change copies)."""
+    from jaxdqn.config import TrainConfig
+
+    config = TrainConfig(env="CartPole-v1", num_envs=16, total_steps=16 * 4 * 3, buffer_size=256, batch_size=32,
+                         updates_per_step=2, learning_starts=64, chunk_steps=16 * 4, eval_frequency=16 * 4,
+                         eval_episodes=8, hidden_sizes=(16,), eps_decay_steps=256, target_update_frequency=4).validate()
+    cache = tmp_path_factory.mktemp("stored") / "programs"
+    before = jax.config.values["jax_enable_compilation_cache"]
+    jax.config.update("jax_enable_compilation_cache", False)  # as `without_jax_cache`, which runs after this
+    try:
+        first = run(config, cache)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
+    return config, cache, first
+
+
+def copy_of_cache(stored, tmp_path):
+    """A copy of the stored run's cache folder (its key file's permissions kept)."""
+    return Path(shutil.copytree(stored[1], tmp_path / "programs"))
+
+
+def test_a_second_run_loads_the_programs_without_tracing_and_trains_identically(stored, tmp_path, monkeypatch):
+    config, _, first = stored
+    cache = copy_of_cache(stored, tmp_path)
     assert first["programs_loaded"] is False
-    assert len(list(tmp_path.glob("*.programs"))) == 1
+    assert len(list(cache.glob("*.programs"))) == 1
 
     traces = []
-    original = DQN.train_step
-    monkeypatch.setattr(DQN, "train_step",
+    original = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step",
                         lambda self, state, keys=None: traces.append(1) or original(self, state, keys))
-    second = run(config, tmp_path)
+    second = run(config, cache)
     assert second["programs_loaded"] is True
     assert traces == []  # nothing was traced
     assert comparable(second) == comparable(first)
 
-    other_seed = run(dataclasses.replace(config, seed=1), tmp_path)  # the seed is an argument, not a constant
+    other_seed = run(dataclasses.replace(config, seed=1), cache)  # the seed is an argument, not a constant
     assert other_seed["programs_loaded"] is True
     assert comparable(other_seed) != comparable(first)
 
@@ -95,11 +120,10 @@ class _Planted:
         return (open, (self.marker, "w"))
 
 
-def test_an_unusable_entry_warns_once_and_is_compiled_again(small_config, tmp_path, capfd):
+def test_an_unusable_entry_warns_once_and_is_compiled_again(stored, tmp_path, capfd):
     """Each kind of bad entry in turn: one warning line, a compile as if there were no entry, the entry rewritten."""
-    config = small_config(total_steps=16 * 4 * 2, chunk_steps=16 * 4, eval_frequency=16 * 4)
-    cache = tmp_path / "programs"
-    first = run(config, cache)
+    config, _, first = stored
+    cache = copy_of_cache(stored, tmp_path)
     (entry,) = cache.glob("*.programs")
     marker = tmp_path / "unpickled"
     planted = pickle.dumps(_Planted(marker))
@@ -125,10 +149,9 @@ def test_an_unusable_entry_warns_once_and_is_compiled_again(small_config, tmp_pa
     assert run(config, cache)["programs_loaded"] is True  # the entry was rewritten
 
 
-def test_a_key_file_others_can_read_disables_the_cache(small_config, tmp_path, capfd):
-    config = small_config(total_steps=16 * 4, chunk_steps=16 * 4, eval_frequency=16 * 4)
-    cache = tmp_path / "programs"
-    run(config, cache)
+def test_a_key_file_others_can_read_disables_the_cache(stored, tmp_path, capfd):
+    config = stored[0]
+    cache = copy_of_cache(stored, tmp_path)
     (cache / "key").chmod(0o644)
     capfd.readouterr()
     assert run(config, cache)["programs_loaded"] is False
@@ -181,36 +204,28 @@ def _train(tmp_path, name, *flags, cache="cache", background=False):
     return json.loads((tmp_path / "logs" / name / "summary.json").read_text())
 
 
-def test_runs_that_change_a_setting_and_repeat_never_fail(tmp_path):
-    """Once a crash: a run whose programs came partly from JAX's cache stored executables that could not run."""
-    _train(tmp_path, "first", "--total_steps", 256)
+def test_racing_changing_saving_and_resuming_runs_in_sequence_never_fail(tmp_path):
+    """Run sequences that once failed, on one cache: two runs racing to store one entry, then runs whose programs
+    came partly from JAX's cache (which once stored executables that could not run), with saves and resumes."""
+    # Two runs writing the same entry at once (they once left a partial one): one entry, which first_again loads.
+    racers = [_train(tmp_path, name, "--total_steps", 256, "--save_model", tmp_path / name.upper(), background=True)
+              for name in ("a", "b")]
+    for process in racers:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    assert len(list((tmp_path / "cache" / "programs").glob("*.programs"))) == 1
     _train(tmp_path, "longer", "--total_steps", 384)  # a new chunk; init and evaluation from JAX's cache
     _train(tmp_path, "longer_again", "--total_steps", 384)
     assert _train(tmp_path, "first_again", "--total_steps", 256)["programs_loaded"] is True
+    # Resume A longer (a new chunk again), then B, which loads what A's resumed run stored.
+    resumed_a = _train(tmp_path, "a_longer", "--total_steps", 512, "--load_model", tmp_path / "A")
+    resumed_b = _train(tmp_path, "b_longer", "--total_steps", 512, "--load_model", tmp_path / "B")
+    assert resumed_a["total_steps"] == resumed_b["total_steps"] == 512
     for entry in (tmp_path / "cache" / "programs").iterdir():  # what docs/porting.md advises after some edits
         entry.unlink()
     (tmp_path / "cache" / "programs").rmdir()
     _train(tmp_path, "programs_deleted", "--total_steps", 384)
     _train(tmp_path, "programs_deleted_again", "--total_steps", 384)
-
-
-def test_saving_and_resuming_runs_in_sequence_never_fail(tmp_path):
-    """The other sequence that once crashed: train; save A; save B; resume A longer; resume B longer."""
-    _train(tmp_path, "plain", "--total_steps", 256)
-    _train(tmp_path, "a", "--total_steps", 256, "--save_model", tmp_path / "A")
-    _train(tmp_path, "b", "--total_steps", 256, "--save_model", tmp_path / "B")
-    resumed_a = _train(tmp_path, "a_longer", "--total_steps", 512, "--load_model", tmp_path / "A")
-    resumed_b = _train(tmp_path, "b_longer", "--total_steps", 512, "--load_model", tmp_path / "B")
-    assert resumed_a["total_steps"] == resumed_b["total_steps"] == 512
-
-
-def test_two_runs_writing_the_same_entry_at_once_both_succeed(tmp_path):
-    runs = [_train(tmp_path, f"racer{index}", "--total_steps", 128, background=True) for index in range(2)]
-    for index, process in enumerate(runs):
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, f"racer{index}: {stderr[-3000:]}"
-    assert len(list((tmp_path / "cache" / "programs").glob("*.programs"))) == 1
-    assert _train(tmp_path, "after", "--total_steps", 128)["programs_loaded"] is True
 
 
 def test_programs_loaded_on_four_devices_keep_their_devices(tmp_path):
@@ -278,14 +293,14 @@ def test_the_folder_keeps_the_recently_used_entries_within_its_bound(tmp_path):
     assert left == ["newest.programs", "notes.txt", "oldest.programs"]
 
 
-def test_a_loaded_entry_counts_as_recently_used(small_config, tmp_path):
+def test_a_loaded_entry_counts_as_recently_used(stored, tmp_path):
     import os
 
-    config = small_config(total_steps=16 * 4, chunk_steps=16 * 4, eval_frequency=16 * 4)
-    run(config, tmp_path)
-    (entry,) = tmp_path.glob("*.programs")
+    config = stored[0]
+    cache = copy_of_cache(stored, tmp_path)
+    (entry,) = cache.glob("*.programs")
     os.utime(entry, (1_000_000, 1_000_000))  # as if last used long ago
-    assert run(config, tmp_path)["programs_loaded"] is True
+    assert run(config, cache)["programs_loaded"] is True
     assert entry.stat().st_mtime > 1_000_000
 
 

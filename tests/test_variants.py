@@ -16,7 +16,7 @@ from jaxdqn import buffer as replay
 from jaxdqn.config import TrainConfig
 from jaxdqn.networks import MinAtarQNetwork, MLPQNetwork, dueling_q_values
 from jaxdqn.registry import ConfigError
-from tests.conftest import make_dqn
+from tests.conftest import make_trainer
 from tests.probe_envs import q_values
 from tests.test_learning import PROBE, run_program
 
@@ -222,7 +222,7 @@ def test_importance_sampling_weights_hand_computed():
 def test_priority_beta_anneals_linearly_to_one(small_config):
 
     config = small_config(prioritized=True, priority_beta=0.4, total_steps=16 * 100, chunk_steps=16 * 10)
-    dqn = make_dqn(config)  # 100 vector steps
+    dqn = make_trainer(config)  # 100 vector steps
     betas = [float(dqn.priority_beta(jnp.int32(i))) for i in (0, 25, 50, 100, 150)]
     np.testing.assert_allclose(betas, [0.4, 0.55, 0.7, 1.0, 1.0], rtol=1e-6)
 
@@ -230,7 +230,7 @@ def test_priority_beta_anneals_linearly_to_one(small_config):
 def test_learn_writes_the_sampled_slots_td_errors_as_priorities(small_config):
 
     config = small_config(prioritized=True, priority_alpha=0.5, updates_per_step=1, n_step=2)
-    dqn = make_dqn(config)
+    dqn = make_trainer(config)
     state = dqn.init(jax.random.key(0), config.hparams)
     for t in range(4):  # four vector steps of made-up transitions
         state = state.replace(buffer=replay.add(state.buffer, replay.Transition(
@@ -238,12 +238,18 @@ def test_learn_writes_the_sampled_slots_td_errors_as_priorities(small_config):
             next_obs=state.obs - t, terminated=jnp.arange(16) % 5 == t, truncated=jnp.arange(16) % 3 == t)))
     before, key = state.buffer, jax.random.key(7)
 
-    @jax.jit
-    def expected_update(state):  # the one update's batch, and its TD errors under the current parameters
-        batch, slots = dqn.sample_batches(before, key, state.iteration, state.hparams.gamma)
-        return slots, dqn.td_errors(state.params, state.target_params, jax.tree.map(lambda leaf: leaf[0], batch))
-
-    (rows, envs), errors = jax.tree.map(np.asarray, expected_update(state))
+    # The one update's batch, and its Double-DQN TD errors under the current parameters, worked out here
+    # with numpy from the network's outputs (not with the learner's own loss).
+    batch, (rows, envs) = jax.tree.map(np.asarray, jax.jit(dqn.sample_batches)(before, key, state.iteration,
+                                                                               state.hparams.gamma))
+    batch = jax.tree.map(lambda leaf: leaf[0], batch)
+    q = np.asarray(dqn.network.apply(state.params, batch.obs))
+    next_online = np.asarray(dqn.network.apply(state.params, batch.next_obs))
+    next_target = np.asarray(dqn.network.apply(state.target_params, batch.next_obs))
+    index = np.arange(len(batch.action))
+    targets = batch.reward + batch.discount * next_target[index, next_online.argmax(axis=1)]
+    errors = targets - q[index, batch.action]
+    assert np.abs(errors).max() > 1e-3
     after = jax.jit(dqn.learn)(state, key)[0].buffer
     changed = np.asarray(after.priority != before.priority)
     sampled = np.zeros_like(changed)
@@ -283,7 +289,7 @@ def test_variants_off_leave_the_default_state_unchanged(small_config):
     """No truncation flags or priorities are stored unless a variant needs them (same tree as before)."""
 
     def initial_state(config):
-        return jax.eval_shape(lambda: make_dqn(config).init(jax.random.key(0), config.hparams))
+        return jax.eval_shape(lambda: make_trainer(config).init(jax.random.key(0), config.hparams))
 
     def stored(buffer):  # the buffer's transitions, whatever its layout
         return jax.eval_shape(lambda buffer: buffer.transitions, buffer)

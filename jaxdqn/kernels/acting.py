@@ -27,7 +27,7 @@ Any other network (dueling heads, convolutions, other classes, weights too large
 keeps XLA's path (`supports`). Widths and the observation size are zero-padded to powers of two of
 at least 16 (the matrix-product tile of Triton); padded actions get a bias of -1e30 so that they
 never win. Inside the trainer's chunks, when the update is fused too, the kernel instead reads the
-parameters straight from the update's slab (`jaxdqn.fused_update.SlabLayout`), already padded, and
+parameters straight from the update's slab (`jaxdqn.kernels.update.SlabLayout`), already padded, and
 masks the padded actions itself: no operand is padded per vector step.
 """
 
@@ -78,7 +78,8 @@ def supports(network, obs_size: int) -> bool:
 
     `obs_size`: the number of values in one observation.
     """
-    if type(network) is not MLPQNetwork or network.dueling or not network.hidden_sizes:
+    if (type(network) is not MLPQNetwork or network.dueling or network.noisy or network.outputs_per_action != 1
+            or not network.hidden_sizes):
         return False
     sizes = [padded_size(obs_size), *map(padded_size, network.hidden_sizes), padded_size(network.num_actions)]
     matrices = [rows * columns for rows, columns in zip(sizes, sizes[1:])]
@@ -93,15 +94,16 @@ def _kernel_operands(network: MLPQNetwork, params, obs_size: int) -> list[jnp.nd
     """The layers' parameters, padded, in the kernel's argument order; biases and norms as `[1, width]` rows."""
     layers = params["params"]
     operands, rows = [], padded_size(obs_size)
-    for index, width in enumerate(network.hidden_sizes):
-        columns = padded_size(width)
-        dense = layers[f"Dense_{index}"]
+    hidden, output_name = network.layers()
+    for layer in hidden:
+        columns = padded_size(layer.width)
+        dense = layers[layer.dense]
         operands += [_pad_to(dense["kernel"], (rows, columns)), _pad_to(dense["bias"][None], (1, columns))]
-        if network.layer_norm:  # zero scale and shift keep the padded columns at zero after normalising
-            norm = layers[f"LayerNorm_{index}"]
+        if layer.norm is not None:  # zero scale and shift keep the padded columns at zero after normalising
+            norm = layers[layer.norm]
             operands += [_pad_to(norm["scale"][None], (1, columns)), _pad_to(norm["bias"][None], (1, columns))]
         rows = columns
-    output = layers[f"Dense_{len(network.hidden_sizes)}"]
+    output = layers[output_name]
     actions = padded_size(network.num_actions)
     return operands + [_pad_to(output["kernel"], (rows, actions)),
                        _pad_to(output["bias"][None], (1, actions), value=NEVER)]
@@ -115,23 +117,24 @@ def _mix32(x: jnp.ndarray) -> jnp.ndarray:
 
 
 def _slab_parameters(layout, slab_ref):
-    """The kernel's parameters in `_kernel_operands`' order, read from a `jaxdqn.fused_update.SlabLayout` slab.
+    """The kernel's parameters in `_kernel_operands`' order, read from a `jaxdqn.kernels.update.SlabLayout` slab.
 
     The output kernel comes transposed (`[actions, width]`) and the padded actions' bias is 0, not `NEVER`.
     """
-    hidden = len(layout.network.hidden_sizes)
-    for index in range(hidden):
-        yield layout.read(slab_ref, f"Dense_{index}", "kernel")
-        yield layout.read(slab_ref, f"Dense_{index}", "bias")
-        if layout.network.layer_norm:
-            yield layout.read(slab_ref, f"LayerNorm_{index}", "scale")
-            yield layout.read(slab_ref, f"LayerNorm_{index}", "bias")
-    yield layout.read(slab_ref, f"Dense_{hidden}", "kernel")
-    yield layout.read(slab_ref, f"Dense_{hidden}", "bias", layout.action_rows)
+    hidden, output = layout.network.layers()
+    for layer in hidden:
+        yield layout.read(slab_ref, layer.dense, "kernel")
+        yield layout.read(slab_ref, layer.dense, "bias")
+        if layer.norm is not None:
+            yield layout.read(slab_ref, layer.norm, "scale")
+            yield layout.read(slab_ref, layer.norm, "bias")
+    yield layout.read(slab_ref, output, "kernel")
+    yield layout.read(slab_ref, output, "bias", layout.action_rows)
 
 
-def _make_kernel(widths: tuple[int, ...], layer_norm: bool, num_actions: int, block_rows: int, operand_type,
-                 slab_layout=None):
+def _make_kernel(hidden: tuple, num_actions: int, block_rows: int, operand_type, slab_layout=None):
+    """The kernel's body for the hidden layers `hidden` (`MLPQNetwork.layers`)."""
+
     def dot(x, weights, transposed: bool = False):
         return jax.lax.dot_general(x.astype(operand_type), weights.astype(operand_type),
                                    (((1,), (1 if transposed else 0,)), ((), ())), preferred_element_type=jnp.float32)
@@ -143,11 +146,11 @@ def _make_kernel(widths: tuple[int, ...], layer_norm: bool, num_actions: int, bl
         else:
             parameters = _slab_parameters(slab_layout, parameter_refs[0])
         x = obs_ref[...]
-        for width in widths:
+        for layer in hidden:
             x = dot(x, next(parameters)) + next(parameters)
-            if layer_norm:  # statistics over the real width: the padded columns are zeros
-                mean = jnp.sum(x, axis=1)[:, None] / width
-                variance = jnp.maximum(jnp.sum(x * x, axis=1)[:, None] / width - mean * mean, 0.0)
+            if layer.norm is not None:  # statistics over the real width: the padded columns are zeros
+                mean = jnp.sum(x, axis=1)[:, None] / layer.width
+                variance = jnp.maximum(jnp.sum(x * x, axis=1)[:, None] / layer.width - mean * mean, 0.0)
                 x = (x - mean) * jax.lax.rsqrt(variance + LAYER_NORM_EPSILON) * next(parameters) + next(parameters)
             x = jnp.maximum(x, 0.0)
         q_values = dot(x, next(parameters), transposed=slab_layout is not None) + next(parameters)
@@ -171,7 +174,7 @@ def epsilon_greedy_actions(network: MLPQNetwork, params, obs: jnp.ndarray, key: 
 
     With probability `epsilon` a row's action is uniform over the actions, else
     `argmax_a network.apply(params, obs)[:, a]` with `precision` operands (see the module docstring).
-    `params` is the network's parameter tree or, with `slab_layout` (a `jaxdqn.fused_update.SlabLayout`),
+    `params` is the network's parameter tree or, with `slab_layout` (a `jaxdqn.kernels.update.SlabLayout`),
     the flat slab of the trainer's fused update, which the kernel reads as it is: no operand to pad.
     """
     batch = obs.shape[0]
@@ -186,7 +189,7 @@ def epsilon_greedy_actions(network: MLPQNetwork, params, obs: jnp.ndarray, key: 
     else:
         operands = [params.reshape(slab_layout.rows, slab_layout.width)]
     actions = pl.pallas_call(
-        _make_kernel(tuple(network.hidden_sizes), network.layer_norm, network.num_actions, block_rows,
+        _make_kernel(network.layers()[0], network.num_actions, block_rows,
                      PRECISIONS[precision], slab_layout),
         # Under shard_map the actions vary over the devices exactly as the observations do.
         out_shape=jax.ShapeDtypeStruct((rows,), jnp.int32, manual_axis_type=jax.typeof(x).manual_axis_type),

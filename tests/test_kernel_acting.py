@@ -1,4 +1,4 @@
-"""The fused acting kernel (jaxdqn.fused_acting), run by the Pallas interpreter on the CPU, against flax and by counts."""
+"""The fused acting kernel (jaxdqn.kernels.acting), run by the Pallas interpreter on the CPU, against flax and by counts."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdqn import fused_acting
+from jaxdqn.kernels import acting as acting_kernel
 from jaxdqn.networks import MinAtarQNetwork, MLPQNetwork
-from tests.conftest import make_dqn
+from tests.conftest import make_trainer
 
 
 def _perturbed_params(network, obs):
@@ -21,7 +21,7 @@ def _perturbed_params(network, obs):
 
 
 def _kernel_actions(network, params, obs, epsilon=0.0, seed=0, precision="float32"):
-    act = jax.jit(lambda p, o, k, e: fused_acting.epsilon_greedy_actions(network, p, o, k, e, precision=precision,
+    act = jax.jit(lambda p, o, k, e: acting_kernel.epsilon_greedy_actions(network, p, o, k, e, precision=precision,
                                                                          interpret=True))
     return np.asarray(act(params, obs, jax.random.key(seed), jnp.float32(epsilon)))
 
@@ -77,18 +77,18 @@ def test_kernel_explores_with_probability_epsilon_uniformly_over_the_actions():
 
 
 def test_block_shape_leaves_enough_blocks_to_fill_the_gpu():
-    assert fused_acting.block_shape(4096) == (64, 4)
-    assert fused_acting.block_shape(16384) == (128, 4)
-    assert fused_acting.block_shape(65536) == (256, 8)
+    assert acting_kernel.block_shape(4096) == (64, 4)
+    assert acting_kernel.block_shape(16384) == (128, 4)
+    assert acting_kernel.block_shape(65536) == (256, 8)
 
 
 def test_only_plain_mlps_within_the_size_limits_take_the_kernel():
-    assert fused_acting.supports(MLPQNetwork(num_actions=2), obs_size=4)  # CartPole
-    assert fused_acting.supports(MLPQNetwork(num_actions=4, hidden_sizes=(128, 128, 128)), obs_size=16)
-    assert not fused_acting.supports(MLPQNetwork(num_actions=2, dueling=True), obs_size=4)
-    assert not fused_acting.supports(MLPQNetwork(num_actions=2, hidden_sizes=(256,)), obs_size=4)
-    assert not fused_acting.supports(MLPQNetwork(num_actions=6), obs_size=500)  # Taxi's one-hot states
-    assert not fused_acting.supports(MinAtarQNetwork(num_actions=3), obs_size=400)
+    assert acting_kernel.supports(MLPQNetwork(num_actions=2), obs_size=4)  # CartPole
+    assert acting_kernel.supports(MLPQNetwork(num_actions=4, hidden_sizes=(128, 128, 128)), obs_size=16)
+    assert not acting_kernel.supports(MLPQNetwork(num_actions=2, dueling=True), obs_size=4)
+    assert not acting_kernel.supports(MLPQNetwork(num_actions=2, hidden_sizes=(256,)), obs_size=4)
+    assert not acting_kernel.supports(MLPQNetwork(num_actions=6), obs_size=500)  # Taxi's one-hot states
+    assert not acting_kernel.supports(MinAtarQNetwork(num_actions=3), obs_size=400)
 
 
 def test_training_steps_act_the_same_with_the_kernel(small_config):
@@ -97,16 +97,16 @@ def test_training_steps_act_the_same_with_the_kernel(small_config):
     Outside shard_map: the Pallas interpreter does not run under shard_map's varying-axes checks
     (the compiled kernel does; the GPU benchmarks run it there).
     """
-    config = small_config(num_envs=64, buffer_size=64 * 8, hidden_sizes=(32, 32), eps=0.0, min_eps=0.0,
+    config = small_config(num_envs=64, buffer_size=64 * 8, hidden_sizes=(32, 32), eps=0.0, min_eps=0.0, fused_update=False,
                           learning_starts=0)
     states = {}
-    for acting_kernel in (None, "interpret"):
-        dqn = make_dqn(config)
-        dqn.acting_kernel = acting_kernel
+    for mode in (None, "interpret"):
+        dqn = make_trainer(config, kernels=mode)
+        assert dqn.backend.acting.value == (mode or "xla") and dqn.backend.update.value == "xla"
         state = dqn.init(jax.random.key(0), config.hparams)
         for _ in range(2):
             state = jax.jit(dqn.train_step)(state)[0]
-        states[acting_kernel] = state
+        states[mode] = state
     actions = [np.asarray(states[mode].buffer.transitions.action) for mode in (None, "interpret")]
     np.testing.assert_array_equal(actions[0], actions[1])
     assert len(np.unique(actions[0])) > 1  # greedy (epsilon 0) actions of an untrained network, both of them

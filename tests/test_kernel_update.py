@@ -1,4 +1,4 @@
-"""The fused update kernel (jaxdqn.fused_update), run by the Pallas interpreter on the CPU, against jax.grad."""
+"""The fused update kernel (jaxdqn.kernels.update), run by the Pallas interpreter on the CPU, against jax.grad."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdqn import fused_update, losses
+from jaxdqn import losses
+from jaxdqn.kernels import update as update_kernel
 from jaxdqn.buffer import Batch
 from jaxdqn.networks import MinAtarQNetwork, MLPQNetwork
-from tests.conftest import make_dqn
+from tests.conftest import make_trainer
 
 
 def _reference(network, params, target_params, batch: Batch, double: bool, loss: str):
@@ -56,15 +57,15 @@ def test_loss_gradient_and_errors_match_jax_grad(hidden_sizes, layer_norm, obs_s
     target_params = jax.tree.map(lambda leaf: leaf + 0.05 * jax.random.normal(jax.random.key(9), leaf.shape), params)
     batch_size, which = 64, 1
     batches = _batches(3, batch_size, obs_size, num_actions, weighted)
-    layout = fused_update.SlabLayout(network, obs_size, params)
+    layout = update_kernel.SlabLayout(network, obs_size, params)
     flat = jax.flatten_util.ravel_pytree(params)[0]
     flat_target = jax.flatten_util.ravel_pytree(target_params)[0]
 
-    blocks = batch_size // fused_update.block_shape(batch_size)[0]
-    run = jax.jit(lambda p, t, b, index, losses, errors: fused_update.loss_and_gradient(
+    blocks = batch_size // update_kernel.block_shape(batch_size)[0]
+    run = jax.jit(lambda p, t, b, index, losses, errors: update_kernel.loss_and_gradient(
         layout, p, t, b, index, losses, errors, batch_size, double, loss, interpret=True))
     partial_gradients, all_losses, all_errors = run(
-        layout.to_slab(flat), layout.to_slab(flat_target), fused_update.kernel_batches(batches, layout.obs_rows),
+        layout.to_slab(flat), layout.to_slab(flat_target), update_kernel.kernel_batches(batches, layout.obs_rows),
         jnp.array([which], jnp.int32), jnp.full(3 * blocks, -1.0), jnp.full(3 * batch_size, -1.0))
     assert partial_gradients.shape == (blocks, layout.rows * layout.width)
     gradient = jnp.sum(partial_gradients, axis=0)
@@ -88,12 +89,12 @@ def test_loss_gradient_and_errors_match_jax_grad(hidden_sizes, layer_norm, obs_s
 def test_slab_layout_places_every_parameter_once():
     network = MLPQNetwork(num_actions=3, hidden_sizes=(32, 32))
     params = network.init(jax.random.key(0), jnp.zeros((1, 6)))
-    layout = fused_update.SlabLayout(network, 6, params)
+    layout = update_kernel.SlabLayout(network, 6, params)
     flat = jax.flatten_util.ravel_pytree(params)[0]
     slab = np.asarray(layout.to_slab(flat)).reshape(layout.rows, layout.width)
     assert layout.width == 32 and layout.obs_rows == 16 and layout.action_rows == 16
     assert layout.parameter_rows == 16 + 3 + 32 + 3 + 16 + 1
-    assert layout.rows * layout.width % fused_update.CHUNK == 0 and layout.rows - layout.parameter_rows < 64
+    assert layout.rows * layout.width % update_kernel.CHUNK == 0 and layout.rows - layout.parameter_rows < 64
     np.testing.assert_array_equal(layout.from_slab(layout.to_slab(flat)), flat)
     assert np.count_nonzero(np.isin(layout.ravel_of_slab, np.arange(flat.size))) == flat.size
     head = layout.blocks[("Dense_2", "kernel")]  # stored transposed: [actions, width]
@@ -108,7 +109,7 @@ def test_adam_step_matches_optax(clipped, due, active):
     """The optimizer kernel against optax's clip_by_global_norm + adam and optax.incremental_update."""
     import optax
 
-    size, parts = 2 * fused_update.CHUNK, 4
+    size, parts = 2 * update_kernel.CHUNK, 4
     keys = jax.random.split(jax.random.key(3), 5)
     partials = 0.01 * jax.random.normal(keys[0], (parts, size))
     params, target = jax.random.normal(keys[1], (size,)), jax.random.normal(keys[2], (size,))
@@ -122,9 +123,9 @@ def test_adam_step_matches_optax(clipped, due, active):
     expected_target = optax.incremental_update(expected_params, target, tau) if due else target
     count = expected_state[1][0].count  # chain(clip, chain(scale_by_adam, scale))
     row = [lr, 1 - 0.9 ** count, 1 - 0.999 ** count, 0.9, 0.999, 1e-8, 0.0, max_norm, tau, float(due), float(active)]
-    scalars = jnp.zeros((3, fused_update.SCALARS)).at[1, :11].set(jnp.array(row, jnp.float32)).reshape(-1)
+    scalars = jnp.zeros((3, update_kernel.SCALARS)).at[1, :11].set(jnp.array(row, jnp.float32)).reshape(-1)
     mu, nu = state[1][0].mu, state[1][0].nu
-    out = jax.jit(lambda *args: fused_update.adam_step(*args, interpret=True))(
+    out = jax.jit(lambda *args: update_kernel.adam_step(*args, interpret=True))(
         (partials * 0.5 + 0.001 / parts), scalars, jnp.array([1], jnp.int32), params, target, mu, nu)
     expected = (expected_params, expected_target, expected_state[1][0].mu, expected_state[1][0].nu)
     if not active:
@@ -135,30 +136,30 @@ def test_adam_step_matches_optax(clipped, due, active):
 
 
 def test_supports():
-    assert fused_update.supports(MLPQNetwork(num_actions=2), obs_size=4, batch_size=256)
-    assert fused_update.supports(MLPQNetwork(num_actions=3, hidden_sizes=(100, 128)), obs_size=6, batch_size=64)
-    assert not fused_update.supports(MLPQNetwork(num_actions=2), obs_size=4, batch_size=96)  # not a power of two
-    assert not fused_update.supports(MLPQNetwork(num_actions=2, hidden_sizes=(64, 128)), obs_size=4, batch_size=256)
-    assert not fused_update.supports(MLPQNetwork(num_actions=2, hidden_sizes=(256,)), obs_size=4, batch_size=256)
-    assert not fused_update.supports(MLPQNetwork(num_actions=2, dueling=True), obs_size=4, batch_size=256)
-    assert not fused_update.supports(MinAtarQNetwork(num_actions=3), obs_size=400, batch_size=256)
+    assert update_kernel.supports(MLPQNetwork(num_actions=2), obs_size=4, batch_size=256)
+    assert update_kernel.supports(MLPQNetwork(num_actions=3, hidden_sizes=(100, 128)), obs_size=6, batch_size=64)
+    assert not update_kernel.supports(MLPQNetwork(num_actions=2), obs_size=4, batch_size=96)  # not a power of two
+    assert not update_kernel.supports(MLPQNetwork(num_actions=2, hidden_sizes=(64, 128)), obs_size=4, batch_size=256)
+    assert not update_kernel.supports(MLPQNetwork(num_actions=2, hidden_sizes=(256,)), obs_size=4, batch_size=256)
+    assert not update_kernel.supports(MLPQNetwork(num_actions=2, dueling=True), obs_size=4, batch_size=256)
+    assert not update_kernel.supports(MinAtarQNetwork(num_actions=3), obs_size=400, batch_size=256)
 
 
 @pytest.mark.parametrize("overrides", [{}, {"prioritized": True, "loss": "mse", "double": False, "lr_anneal": False}])
 def test_training_steps_learn_the_same_with_the_kernel(small_config, overrides):
     """Train steps from one state with XLA's update and with the kernel's: the same learner after them,
     Adam's state included (and, with prioritized replay, the same priorities)."""
-    config = small_config(num_envs=16, buffer_size=16 * 8, hidden_sizes=(32, 32), batch_size=32, updates_per_step=3,
+    config = small_config(num_envs=16, buffer_size=16 * 8, hidden_sizes=(32, 32), batch_size=32, updates_per_step=3, fused_acting=False,
                           learning_starts=32, target_update_frequency=2, tau=0.5, **overrides)
     states = {}
-    for update_kernel in (None, "interpret"):
-        dqn = make_dqn(config)
-        dqn.update_kernel = update_kernel
+    for mode in (None, "interpret"):
+        dqn = make_trainer(config, kernels=mode)
+        assert dqn.backend.update.value == (mode or "xla") and dqn.backend.acting.value == "xla"
         state = dqn.init(jax.random.key(0), config.hparams)
         step = jax.jit(dqn.train_step)
         for _ in range(5):  # learning starts after 32 transitions are stored (2 steps of 16): at the third step
             state = step(state)[0]
-        states[update_kernel] = state
+        states[mode] = state
     xla, kernel = states[None], states["interpret"]
     assert int(kernel.updates) == int(xla.updates) == 3 * config.updates_per_step
     for name in ("params", "target_params", "opt_state"):
@@ -179,8 +180,7 @@ def test_agents_vmapped_learn_the_same_with_the_kernels(small_config):
     hparams = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), config.hparams)
     states = {}
     for kernels in (None, "interpret"):
-        dqn = make_dqn(config)
-        dqn.acting_kernel = dqn.update_kernel = kernels
+        dqn = make_trainer(config, kernels=kernels)
         state = jax.vmap(dqn.init)(jax.random.split(jax.random.key(0), 2), hparams)
         states[kernels] = jax.jit(jax.vmap(lambda state: dqn.run_chunk(state, num_iterations=3)[0]))(state)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), states[None].params,
@@ -197,9 +197,8 @@ def test_a_chunk_with_both_kernels_keeps_the_slab_inside_and_matches_xla(small_c
                           learning_starts=32, eps=0.0, min_eps=0.0)
     results = {}
     for kernels in (None, "interpret"):
-        dqn = make_dqn(config)
-        dqn.acting_kernel = dqn.update_kernel = kernels
-        assert dqn.uses_slab == (kernels is not None)
+        dqn = make_trainer(config, kernels=kernels)
+        assert dqn.backend.uses_slab == (kernels is not None)
         initial = dqn.init(jax.random.key(0), config.hparams)
         state, metrics = jax.jit(lambda state: dqn.run_chunk(state, num_iterations=5))(initial)  # 3 that learn
         assert not state.slab and jax.tree.structure(state) == jax.tree.structure(initial)

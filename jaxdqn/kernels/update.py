@@ -14,7 +14,7 @@ loss and its gradient, and writes its block's share of the gradient. Then `adam_
 one sums the shares (and the squares of each chunk of the sum), one clips by the global norm, applies
 Adam and updates the target network, in place. The optimizer's scalars (learning rate, bias
 corrections, whether the target update is due) come in as a table with a row per update, worked out
-once per vector step (`DQN._optimizer_schedule`): between two updates nothing else runs.
+once per vector step (`jaxdqn.kernels.backend.optimizer_schedule`): between two updates nothing else runs.
 
 The parameters travel in a "slab" (`SlabLayout`): one `[rows, width]` float32 array holding every
 layer's matrix, bias and LayerNorm scale and shift as row blocks, zero-padded to powers of two (the
@@ -22,7 +22,7 @@ tile sizes of Triton), the output layer transposed. The kernel reads each block 
 and writes the gradient in the same layout. Padded entries have zero gradients, so Adam and the
 target update keep them at zero.
 
-The arithmetic is that of `DQN.loss_and_errors` with `MLPQNetwork` (flax's LayerNorm: fast variance
+The arithmetic is that of `jaxdqn.learners.DQN` with `MLPQNetwork` (flax's LayerNorm: fast variance
 clipped at zero, epsilon 1e-6; Huber loss with delta 1, or squared error; optional importance weights),
 with the backward passes written out: for LayerNorm, with x_hat = (z - mean) * r, dz = r * (dx_hat -
 mean(dx_hat) - x_hat * mean(dx_hat * x_hat)). Matrix products use the default float32 precision
@@ -40,7 +40,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton
 
-from jaxdqn.fused_acting import LAYER_NORM_EPSILON, MAX_WIDTH, padded_size, whole_block
+from jaxdqn.kernels.acting import LAYER_NORM_EPSILON, MAX_WIDTH, padded_size, whole_block
 from jaxdqn.networks import MLPQNetwork
 
 MIN_ROWS = 16  # the smallest block of the batch one kernel instance takes (Triton's smallest matrix tile)
@@ -54,7 +54,8 @@ UNROLL = 4
 
 def supports(network, obs_size: int, batch_size: int) -> bool:
     """Whether `loss_and_gradient` runs this network on batches of `batch_size` (else XLA's kernels)."""
-    if type(network) is not MLPQNetwork or network.dueling or not network.hidden_sizes:
+    if (type(network) is not MLPQNetwork or network.dueling or network.noisy or network.outputs_per_action != 1
+            or not network.hidden_sizes):
         return False
     widths = {padded_size(width) for width in network.hidden_sizes}
     return (len(widths) == 1 and max(widths) <= MAX_WIDTH and padded_size(obs_size) <= MAX_WIDTH
@@ -104,13 +105,13 @@ class SlabLayout:
             blocks.append(Block((layer, name), start, rows, transposed))
             start += rows
 
-        for index in range(len(network.hidden_sizes)):
-            add(f"Dense_{index}", "kernel", self.obs_rows if index == 0 else self.width)
-            add(f"Dense_{index}", "bias", 1)
-            if network.layer_norm:
-                add(f"LayerNorm_{index}", "scale", 1)
-                add(f"LayerNorm_{index}", "bias", 1)
-        output = f"Dense_{len(network.hidden_sizes)}"
+        hidden, output = network.layers()
+        for index, layer in enumerate(hidden):
+            add(layer.dense, "kernel", self.obs_rows if index == 0 else self.width)
+            add(layer.dense, "bias", 1)
+            if layer.norm is not None:
+                add(layer.norm, "scale", 1)
+                add(layer.norm, "bias", 1)
         add(output, "kernel", self.action_rows, transposed=True)
         add(output, "bias", 1)
         self.blocks = {block.path: block for block in blocks}
@@ -167,9 +168,8 @@ def _index_tree(params):
 def _make_kernel(layout: SlabLayout, batch_size: int, block_rows: int, double: bool, loss: str, weighted: bool):
     """The body of `loss_and_gradient`: one instance per block of `block_rows` transitions of the batch."""
     network = layout.network
-    hidden = len(network.hidden_sizes)
+    hidden, output = network.layers()
     width, num_actions, action_rows = layout.width, network.num_actions, layout.action_rows
-    output = f"Dense_{hidden}"
 
     loaded = {}  # each parameter block is read once per kernel instance, however often it is used
 
@@ -186,16 +186,16 @@ def _make_kernel(layout: SlabLayout, batch_size: int, block_rows: int, double: b
     def forward(ref, x, keep: bool):
         """Q-values `[block_rows, action_rows]`; with `keep`, each hidden layer's (input, x_hat, r, output)."""
         saved = []
-        for index, real_width in enumerate(network.hidden_sizes):
+        for layer in hidden:
             layer_input = x
-            z = dot(x, rows_of(ref, f"Dense_{index}", "kernel")) + rows_of(ref, f"Dense_{index}", "bias")
+            z = dot(x, rows_of(ref, layer.dense, "kernel")) + rows_of(ref, layer.dense, "bias")
             x_hat = r = None
-            if network.layer_norm:  # statistics over the real width: padded columns are zeros
-                mean = jnp.sum(z, axis=1)[:, None] / real_width
-                variance = jnp.maximum(jnp.sum(z * z, axis=1)[:, None] / real_width - mean * mean, 0.0)
+            if layer.norm is not None:  # statistics over the real width: padded columns are zeros
+                mean = jnp.sum(z, axis=1)[:, None] / layer.width
+                variance = jnp.maximum(jnp.sum(z * z, axis=1)[:, None] / layer.width - mean * mean, 0.0)
                 r = jax.lax.rsqrt(variance + LAYER_NORM_EPSILON)
                 x_hat = (z - mean) * r
-                z = x_hat * rows_of(ref, f"LayerNorm_{index}", "scale") + rows_of(ref, f"LayerNorm_{index}", "bias")
+                z = x_hat * rows_of(ref, layer.norm, "scale") + rows_of(ref, layer.norm, "bias")
             x = jnp.maximum(z, 0.0)
             if keep:
                 saved.append((layer_input, x_hat, r, x))
@@ -250,21 +250,21 @@ def _make_kernel(layout: SlabLayout, batch_size: int, block_rows: int, double: b
         write(output, "kernel", dot(d_q, x, contract=(0, 0)))  # [action_rows, width]
         write(output, "bias", jnp.sum(jnp.where(columns == action[:, None], d_chosen[:, None], 0.0), axis=0)[None])
         d_x = dot(d_q, rows_of(params_ref, output, "kernel"))  # [block_rows, width]
-        for index in reversed(range(hidden)):
+        for index in reversed(range(len(hidden))):
+            layer = hidden[index]
             layer_input, x_hat, r, layer_output = saved[index]
             d_z = jnp.where(layer_output > 0.0, d_x, 0.0)  # through the ReLU
-            if network.layer_norm:
-                real_width = network.hidden_sizes[index]
-                write(f"LayerNorm_{index}", "scale", jnp.sum(d_z * x_hat, axis=0)[None])
-                write(f"LayerNorm_{index}", "bias", jnp.sum(d_z, axis=0)[None])
-                d_hat = d_z * rows_of(params_ref, f"LayerNorm_{index}", "scale")
-                mean_d = jnp.sum(d_hat, axis=1)[:, None] / real_width
-                mean_dx = jnp.sum(d_hat * x_hat, axis=1)[:, None] / real_width
-                d_z = jnp.where(columns < real_width, r * (d_hat - mean_d - x_hat * mean_dx), 0.0)
-            write(f"Dense_{index}", "kernel", dot(layer_input, d_z, contract=(0, 0)))
-            write(f"Dense_{index}", "bias", jnp.sum(d_z, axis=0)[None])
+            if layer.norm is not None:
+                write(layer.norm, "scale", jnp.sum(d_z * x_hat, axis=0)[None])
+                write(layer.norm, "bias", jnp.sum(d_z, axis=0)[None])
+                d_hat = d_z * rows_of(params_ref, layer.norm, "scale")
+                mean_d = jnp.sum(d_hat, axis=1)[:, None] / layer.width
+                mean_dx = jnp.sum(d_hat * x_hat, axis=1)[:, None] / layer.width
+                d_z = jnp.where(columns < layer.width, r * (d_hat - mean_d - x_hat * mean_dx), 0.0)
+            write(layer.dense, "kernel", dot(layer_input, d_z, contract=(0, 0)))
+            write(layer.dense, "bias", jnp.sum(d_z, axis=0)[None])
             if index:
-                d_x = dot(d_z, rows_of(params_ref, f"Dense_{index}", "kernel"), contract=(1, 1))
+                d_x = dot(d_z, rows_of(params_ref, layer.dense, "kernel"), contract=(1, 1))
         row, padding = layout.parameter_rows, layout.rows - layout.parameter_rows
         for bit in reversed(range(padding.bit_length())):  # the padding rows, in power-of-two pieces
             if padding >> bit & 1:
