@@ -278,6 +278,16 @@ def trainer_flags(args) -> dict[str, Any]:
     return flags | ({"fused_update": False} if args.no_fused_update else {})
 
 
+def updates_per_iteration(phase: str, config) -> float:
+    """Gradient updates per timed iteration: none while only acting; `Trainer.learn`'s updates where every
+    iteration learns; for the real trainer, those over its `learn_interval` (few envs learn every k-th step)."""
+    if phase in ("env", "act"):
+        return 0
+    if phase.startswith("train"):
+        return config.vector_step_updates / config.learn_interval
+    return config.vector_step_updates
+
+
 def measure_size(env_name: str, num_envs: int, args, skip: set[str]) -> dict[str, dict]:
     """Times every phase at one size; phases in `skip` (OOM at a smaller size) are not tried."""
     results: dict[str, dict] = {}
@@ -306,7 +316,7 @@ def measure_size(env_name: str, num_envs: int, args, skip: set[str]) -> dict[str
             gc.collect()
             return
         seconds = timing["us_per_iteration"] * 1e-6
-        updates = 0 if phase in ("env", "act") else config.vector_step_updates
+        updates = updates_per_iteration(phase, config)
         results[phase] = {
             "status": "ok",
             "env_steps_per_s": num_envs / seconds,
@@ -397,8 +407,9 @@ def markdown(report: dict) -> str:
              ("" if info["platform"] == "cpu" else
               f"{info['device_kind']} ({info['platform']}, driver {info['driver'] or 'n/a'}); ")
              + f"CPU {info['cpu']}, {info['cpu_count']} cores; JAX {info['jax']}; {info['date']}.",
-             (f"Default training: {settings['train']['updates_per_step']} updates of "
-              f"{settings['train']['batch_size']} per vector step; `learning_starts 0`; buffer = max(default, "
+             (f"Default training: {settings['train']['updates_per_step']:g} updates of "
+              f"{settings['train']['batch_size']} per vector step at {settings['num_envs'][0]} envs (they follow "
+              f"num_envs through the replay ratio); `learning_starts 0`; buffer = max(default, "
               f"{settings['min_buffer_rows']} x num_envs) transitions; {settings['iterations']} vector steps per "
               f"jitted call, best of {settings['repeats']} rounds after a warm-up call; one device.")]
     if report.get("note"):
@@ -620,7 +631,8 @@ def main(argv: list[str] | None = None) -> int:
                      "iterations": args.iterations, "fusion_check": args.fusion_check,
                      "min_seconds": args.min_seconds, "repeats": args.repeats,
                      "min_buffer_rows": args.min_buffer_rows, "compare_steps": args.compare_steps,
-                     "train": {"updates_per_step": default.vector_step_updates, "batch_size": default.batch_size},
+                     "train": {"updates_per_step": updates_per_iteration("train", default),
+                               "batch_size": default.batch_size},
                      "train_1x128": {"updates_per_step": 1, "batch_size": 128},
                      "trainer_defaults": dataclasses.asdict(default)},
         "classic": None,

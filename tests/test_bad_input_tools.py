@@ -86,11 +86,14 @@ def test_bad_input_is_one_line_before_any_work(module, flags, message, code, cap
 def test_quality_whose_every_env_failed_exits_1_and_writes_nothing(capsys, tmp_path, monkeypatch):
     from benchmarks import quality
 
-    monkeypatch.setattr(quality, "run_env", lambda env, *args: {"env": env, "error": "jaxdqn.train: error: boom"})
+    def run_env(env, seeds, extra, scratch, learner="dqn", num_envs=None):  # a failed run's row, as run_env makes it
+        return {"env": env, "learner": learner, "num_envs": num_envs, "error": "jaxdqn.train: error: boom"}
+
+    monkeypatch.setattr(quality, "run_env", run_env)
     assert quality.main(["--envs", "CartPole-v1", "Acrobot-v1", "--out", str(tmp_path / "q")]) == 1
     captured = capsys.readouterr()
     assert captured.err.splitlines() == ["python -m benchmarks.quality: error: every environment failed"]
-    assert "| Acrobot-v1 | failed: jaxdqn.train: error: boom |" in captured.out
+    assert "| Acrobot-v1 | dqn |  | failed: jaxdqn.train: error: boom |" in captured.out
     assert not list(tmp_path.iterdir())
 
 

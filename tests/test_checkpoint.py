@@ -27,7 +27,7 @@ import pytest
 
 from jaxdqn import checkpoint
 from jaxdqn.registry import ConfigError
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
 
 # 16 envs x 4 vector steps = 64 env steps per chunk; 64 chunks.
 TINY = ["--env", "cartpole", "--num_envs", "16", "--hidden_sizes", "16", "--chunk_steps", "64",
@@ -49,7 +49,10 @@ def run_cli(module: str, *args, cache: Path | None = None, timeout: float = 300,
                           env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout)
 
 
+
+
 def train_cli(*args, cache: Path | None = None, **env) -> subprocess.CompletedProcess:
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {CHEAP_COMPILE}".strip()
     return run_cli("jaxdqn.train", *args, cache=cache, **env)
 
 
@@ -370,8 +373,8 @@ def test_sigkill_mid_run_then_resume_finishes_like_the_uninterrupted_run(referen
     directory, log_dir = tmp_path / "ckpt", tmp_path / "log"
     command = [sys.executable, "-m", "jaxdqn.train", *TINY, "--log_dir", str(log_dir), "--save_model", str(directory),
                "--checkpoint_frequency", "1", "--save_buffer", "--compile_cache", str(cache_dir)]
-    process = subprocess.Popen(command, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=ROOT, env=subprocess_env(XLA_FLAGS=CHEAP_COMPILE),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 600  # the first checkpoint, however loaded the machine
         while not checkpoint.complete_steps(directory) and time.time() < deadline and process.poll() is None:

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
 
-FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
+FOUR_DEVICES = f"--xla_force_host_platform_device_count=4 {CHEAP_COMPILE}"
 
 # argv: --sync modes. Trains the same run once per mode; prints one JSON line per mode.
 PARAMS_IDENTICAL = """
@@ -127,10 +127,10 @@ def test_two_processes_of_two_devices_train_as_one_process_of_four(tmp_path):
     """
     flags = ["--env", "cartpole", "--num_envs", "64", "--batch_size", "64", "--total_steps", "2048",
              "--buffer_size", "1024", "--chunk_steps", "512", "--eval_frequency", "1024", "--eval_episodes", "8",
-             "--hidden_sizes", "16", "--learning_starts", "64", "--quiet"]
+             "--hidden_sizes", "16", "--learning_starts", "64", "--updates_per_step", "2", "--quiet"]
     distributed = ["--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", "2",
                    "--compile_cache", str(tmp_path / "cache"), "--log_dir", str(tmp_path / "run")]
-    two_devices = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    two_devices = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {CHEAP_COMPILE}")
     workers = [subprocess.Popen([sys.executable, "-m", "jaxdqn.train", *flags, *distributed, "--process_id",
                                  str(index)], cwd=ROOT, env=two_devices, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -144,7 +144,7 @@ def test_two_processes_of_two_devices_train_as_one_process_of_four(tmp_path):
         assert process.returncode == 0, stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["num_devices"], summary["total_steps"], summary["eval_episodes"]) == (4, 2048, 8)
-    assert summary["updates"] == (32 - 1) * 32  # 32 vector steps, the first fills learning_starts; 32 updates each
+    assert summary["updates"] == (32 - 1) * 2  # 32 vector steps, the first fills learning_starts; 2 updates each
     assert "eval return" in outputs[0][0] and "eval return" not in outputs[1][0]  # only process 0 prints
     reference = json.loads((tmp_path / "one_process" / "summary.json").read_text())
     assert reference["num_devices"] == 4

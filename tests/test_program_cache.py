@@ -19,7 +19,7 @@ import pytest
 from jaxdqn import program_cache
 from jaxdqn.agent import Trainer
 from jaxdqn.train import build_program, train
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
 
 
 @pytest.fixture(autouse=True)
@@ -192,14 +192,16 @@ TINY = ["--env", "cartpole", "--num_envs", "16", "--hidden_sizes", "16", "--chun
         "--eval_episodes", "4", "--quiet"]
 
 
+
+
 def _train(tmp_path, name, *flags, cache="cache", background=False):
     """`python -m jaxdqn.train` with the tiny config, JAX's cache and this cache in `tmp_path/cache`."""
     command = [sys.executable, "-m", "jaxdqn.train", *TINY, "--compile_cache", str(tmp_path / cache),
                "--log_dir", str(tmp_path / "logs" / name), *map(str, flags)]
+    env = subprocess_env(XLA_FLAGS=CHEAP_COMPILE)
     if background:
-        return subprocess.Popen(command, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    result = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"run {name}: {result.stderr[-3000:]}"
     return json.loads((tmp_path / "logs" / name / "summary.json").read_text())
 
@@ -234,17 +236,16 @@ def test_programs_loaded_on_four_devices_keep_their_devices(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT, subprocess_env
-
     command = [sys.executable, "-m", "jaxdqn.train", "--env", "cartpole", "--num_envs", "16", "--hidden_sizes", "16",
                "--chunk_steps", "64", "--total_steps", "256", "--buffer_size", "256", "--batch_size", "32",
                "--learning_starts", "64", "--eval_frequency", "128", "--eval_episodes", "8", "--quiet",
                "--compile_cache", str(tmp_path / "cache")]
     summaries = []
+    four_devices = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {CHEAP_COMPILE}")
     for run_index in range(2):
         log_dir = tmp_path / f"run{run_index}"
         result = subprocess.run([*command, "--log_dir", str(log_dir)], cwd=ROOT, capture_output=True, text=True,
-                                env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), timeout=300)
+                                env=four_devices, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         summaries.append(json.loads((log_dir / "summary.json").read_text()))
     assert [summary["programs_loaded"] for summary in summaries] == [False, True]
@@ -308,8 +309,6 @@ def test_jax_compile_cache_keeps_its_recently_used_entries_within_its_bound(tmp_
     """`enable_compile_cache` bounds JAX's own entries too: compiling more programs than fit evicts the oldest."""
     import subprocess
     import sys
-
-    from tests.conftest import ROOT, subprocess_env
 
     script = """
 import sys, jax, jax.numpy as jnp

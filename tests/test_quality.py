@@ -10,8 +10,9 @@ import types
 
 import pytest
 
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
 from tests.test_cli import TINY
+
 
 
 def test_a_row_counts_the_agents_at_or_above_the_threshold(tmp_path, monkeypatch):
@@ -48,7 +49,7 @@ def test_quality_table_end_to_end(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.quality", "--envs", "CartPole-v1", "Pendulum-v1", "--seeds", "2",
          "--out", str(out), "--", *TINY],
-        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=subprocess_env(XLA_FLAGS=CHEAP_COMPILE), capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1] == \
@@ -60,4 +61,4 @@ def test_quality_table_end_to_end(tmp_path):
     assert (tmp_path / cartpole["curve"]).stat().st_size > 1000
     assert "DQN needs discrete actions" in pendulum["error"]  # a failing env is a row, not a crash
     table = out.with_suffix(".md").read_text()
-    assert "| CartPole-v1 | 2 |" in table and "| Pendulum-v1 | failed:" in table
+    assert "| CartPole-v1 | dqn | 16 | 2 |" in table and "| Pendulum-v1 | dqn |  | failed:" in table

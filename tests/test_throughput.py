@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
+
 
 PHASE_FIELDS = {"status", "env_steps_per_s", "updates_per_s", "us_per_iteration", "compile_s", "calls_per_round",
                 "program_bytes", "peak_bytes_in_use", "updates_per_step", "batch_size", "buffer_size",
@@ -20,8 +21,9 @@ PHASE_FIELDS = {"status", "env_steps_per_s", "updates_per_s", "us_per_iteration"
 
 
 def run_benchmark(*flags: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmarks.throughput", *flags], cwd=ROOT, env=subprocess_env(),
-                          check=False, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "benchmarks.throughput", *flags], cwd=ROOT,
+                          env=subprocess_env(XLA_FLAGS=CHEAP_COMPILE), check=False, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,8 @@ def test_tiny_sweep_writes_every_field(tiny_sweep):
     assert {"machine", "device_kind", "platform", "driver", "jax", "date", "cpu", "cpu_count"} <= set(machine)
     assert machine["platform"] == "cpu" and machine["driver"] is None and machine["machine"].endswith("-core CPU")
     assert report["settings"]["env"] == "CartPole-v1" and report["settings"]["num_envs"] == [64]
-    assert report["settings"]["train"] == {"updates_per_step": 32, "batch_size": 256}
+    # 64 envs x replay ratio 2 = 128 samples per vector step: one update of 256 every second vector step.
+    assert report["settings"]["train"] == {"updates_per_step": 0.5, "batch_size": 256}
     assert report["settings"]["train_1x128"] == {"updates_per_step": 1, "batch_size": 128}
     classic = report["classic"]
     assert classic["num_envs"] == 1 and classic["timed_steps"] == 300 and classic["env_steps_per_s"] > 0
@@ -57,7 +60,7 @@ def test_tiny_sweep_writes_every_field(tiny_sweep):
         phases = row["phases"]
         assert phases["env"]["updates_per_s"] == 0 and phases["act"]["updates_per_s"] == 0
         # Learning is on from the first timed step: updates/s = updates per vector step / seconds per vector step.
-        for name, updates in (("learn", 32), ("train", 32), ("train_1x128", 1), ("act_learn", 32)):
+        for name, updates in (("learn", 1), ("train", 0.5), ("train_1x128", 1), ("act_learn", 1)):
             assert phases[name]["updates_per_step"] == updates
             assert phases[name]["updates_per_s"] == pytest.approx(updates * 1e6 / phases[name]["us_per_iteration"])
         alone = phases["act"]["us_per_iteration"] + phases["learn"]["us_per_iteration"]
