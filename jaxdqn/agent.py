@@ -156,10 +156,10 @@ class Trainer:
                 interpret=self.backend.acting is kernels.Path.INTERPRET,
                 slab_layout=self.backend.slab_layout if slab else None)
         noise_key = None
-        if self.learner.noisy:  # noisy nets: one draw of the noise for the vector step's acting
+        if self.learner.noisy:  # noisy nets: the vector step's draw of the noise (one per env with noise_per_env)
             key, noise_key = jax.random.split(key)
         explore_key, action_key = jax.random.split(key)
-        greedy = self.learner.greedy(params, obs, noise_key)
+        greedy = self.learner.greedy(params, obs, noise_key, per_example=self.config.noise_per_env)
         random_actions = jax.random.randint(action_key, greedy.shape, 0, self.num_actions, jnp.int32)
         explore = jax.random.uniform(explore_key, greedy.shape) < epsilon
         return jnp.where(explore, random_actions, greedy)

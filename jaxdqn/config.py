@@ -93,6 +93,9 @@ class TrainConfig:
                          "Gaussian noise, resampled every vector step for acting and every update for learning; "
                          "eps and min_eps default to 0 with it")
     noisy_sigma: float = _field(0.5, "noisy nets: initial noise scale sigma_0 (weights' sigma = sigma_0 / sqrt(inputs))")
+    noise_per_env: bool = _field(False, "noisy nets: when acting, an independent draw of the noise for every env "
+                                 "(as many explorers as envs, at the cost of one draw); off: one draw shared by "
+                                 "the vector step's envs")
     preset: str = _field("none", "a named set of flags applied before the given ones (see config.json for what "
                          "it set): rainbow = c51 + double + dueling + 3-step + prioritized (add --noisy for "
                          "noisy nets)",
@@ -217,6 +220,8 @@ class TrainConfig:
             raise ConfigError(f"--v_min ({self.v_min}) must be below --v_max ({self.v_max})")
         if not self.noisy_sigma > 0.0:
             raise ConfigError(f"--noisy_sigma must be > 0, got {self.noisy_sigma}")
+        if self.noise_per_env and not self.noisy:
+            raise ConfigError("--noise_per_env needs --noisy (it sets how noisy nets draw their noise)")
         if self.num_devices is not None and self.num_devices <= 0:
             raise ConfigError(f"--num_devices must be positive, got {self.num_devices}")
         self._check_int32_counters()

@@ -132,6 +132,7 @@ BAD_INPUT = [
     ("train", ["--gamma", "nan"], r"--gamma must be a finite number, got nan"),
     ("train", ["--max_grad_norm", "inf"], r"--max_grad_norm must be a finite number"),
     ("train", ["--priority_alpha", "nan"], r"--priority_alpha must be a finite number"),
+    ("train", ["--noise_per_env"], r"--noise_per_env needs --noisy"),
     ("train", ["--learning_starts", 10**15], r"--learning_starts \(10+\) must be below --total_steps \(3000000\)"),
     # memory
     ("train", ["--eval_episodes", 10**9], r"needs about .* of memory, more than the .* largest: evaluation episodes "

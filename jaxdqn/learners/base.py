@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdqn.networks import NOISE
+from jaxdqn.networks import NOISE, NOISE_PER_EXAMPLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +62,15 @@ class Learner:
         """Q-values `[batch, num_actions]` from the network's outputs (identity for a Q-network)."""
         return outputs
 
-    def q_values(self, params, obs: jnp.ndarray, key: jax.Array | None = None) -> jnp.ndarray:
-        """Q-values `[batch, num_actions]` for observations `[batch, *obs_shape]` (`key`: noisy nets' noise)."""
-        return self.action_values(apply_network(self.network, params, obs, key))
+    def q_values(self, params, obs: jnp.ndarray, key: jax.Array | None = None,
+                 per_example: bool = False) -> jnp.ndarray:
+        """Q-values `[batch, num_actions]` for observations `[batch, *obs_shape]` (`key`: noisy nets' noise,
+        one draw for the batch or, `per_example`, one for each observation)."""
+        return self.action_values(apply_network(self.network, params, obs, key, per_example))
 
-    def greedy(self, params, obs: jnp.ndarray, key: jax.Array | None = None) -> jnp.ndarray:
+    def greedy(self, params, obs: jnp.ndarray, key: jax.Array | None = None, per_example: bool = False) -> jnp.ndarray:
         """The greedy actions `[batch]` (int32)."""
-        return jnp.argmax(self.q_values(params, obs, key), axis=-1).astype(jnp.int32)
+        return jnp.argmax(self.q_values(params, obs, key, per_example), axis=-1).astype(jnp.int32)
 
     # Learning --------------------------------------------------------------------------------
     def transition_loss(self, outputs: jnp.ndarray, action: jnp.ndarray, reward: jnp.ndarray,
@@ -99,11 +101,13 @@ class Learner:
         return jnp.mean(elementwise), priorities
 
 
-def apply_network(network: nn.Module, params, obs: jnp.ndarray, key: jax.Array | None = None) -> jnp.ndarray:
-    """`network.apply`, sampling noisy layers' noise from `key` if one is given."""
+def apply_network(network: nn.Module, params, obs: jnp.ndarray, key: jax.Array | None = None,
+                  per_example: bool = False) -> jnp.ndarray:
+    """`network.apply`, sampling noisy layers' noise from `key` if one is given (for each observation of the
+    batch apart, with `per_example`)."""
     if key is None:
         return network.apply(params, obs)
-    return network.apply(params, obs, rngs={NOISE: key})
+    return network.apply(params, obs, rngs={NOISE_PER_EXAMPLE if per_example else NOISE: key})
 
 
 def network_outputs(network: nn.Module, params, target_params, batch, double: bool, stacked: bool,
