@@ -172,7 +172,6 @@ LEARNERS = {
     # Noisy nets explore by their noise alone; a bandit's worse arm is then soon left untried, and its value
     # unlearned: the probe keeps epsilon-greedy exploration on top so that every Q-value is learned.
     "noisy_dqn": dict(noisy=True, eps=1.0, min_eps=0.3),
-    "noisy_dqn_per_env": dict(noisy=True, noise_per_env=True, eps=1.0, min_eps=0.3),
 }
 
 
@@ -244,8 +243,9 @@ def test_qrdqn_quantiles_order_themselves_on_a_known_return_distribution():
 @pytest.mark.parametrize("flags, fields", [
     (["--learner", "c51", "--v_min", "-2", "--v_max", "2", "--num_atoms", "21"], {"learner": "c51", "num_atoms": 21}),
     (["--learner", "qrdqn", "--num_quantiles", "8"], {"learner": "qrdqn", "num_quantiles": 8}),
-    (["--noisy", "--eps", "1", "--min_eps", "0.3"], {"learner": "dqn", "noisy": True}),
-], ids=["c51", "qrdqn", "noisy_dqn"])
+    (["--noisy", "--noise_per_env", "--eps", "1", "--min_eps", "0.3"],
+     {"learner": "dqn", "noisy": True, "noise_per_env": True}),
+], ids=["c51", "qrdqn", "noisy_dqn_noise_per_env"])
 def test_checkpoints_evaluate_and_load_as_a_greedy_policy(tmp_path, flags, fields):
     """Each learner's checkpoint, written by the CLI, evaluates and loads as the greedy policy it learned."""
     from jaxdqn import load_policy
