@@ -64,14 +64,19 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from gymnax.environments import spaces
-from gymnax.environments.environment import Environment
+if __name__ == "__main__":  # --help and bad flags answer before the slow imports below
+    from jaxdqn.cli import make_check_port_parser
 
-from jaxdqn import registry
-from jaxdqn.registry import ConfigError
+    make_check_port_parser().parse_args(sys.argv[1:])
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from gymnax.environments import spaces  # noqa: E402
+from gymnax.environments.environment import Environment  # noqa: E402
+
+from jaxdqn import registry  # noqa: E402
+from jaxdqn.registry import ConfigError  # noqa: E402
 
 DEFAULT_EPISODES = 100
 CONTRACT_ENVS = 1024  # instances stepped under vmap by the contract check

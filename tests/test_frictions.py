@@ -162,7 +162,7 @@ def flag_helps(text: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("command", [("jaxdqn.train",), ("jaxdqn.evaluate",), ("jaxdqn",), ("jaxdqn", "train"),
-                                     ("jaxdqn", "evaluate"), ("jaxdqn", "check-port")])
+                                     ("jaxdqn", "evaluate"), ("jaxdqn", "check-port"), ("jaxdqn.check_port",)])
 def test_help_imports_no_jax_and_says_each_default_once(command):
     text, imported = help_and_imports(*command)
     assert not imported & HEAVY_MODULES, imported & HEAVY_MODULES
