@@ -94,8 +94,8 @@ class TrainConfig:
                          "eps and min_eps default to 0 with it")
     noisy_sigma: float = _field(0.5, "noisy nets: initial noise scale sigma_0 (weights' sigma = sigma_0 / sqrt(inputs))")
     noise_per_env: bool = _field(False, "noisy nets: when acting, an independent draw of the noise for every env "
-                                 "(as many explorers as envs, at the cost of one draw); off: one draw shared by "
-                                 "the vector step's envs")
+                                 "(as many explorers as envs; no per-env weights, but noise drawn for every env); "
+                                 "off: one draw shared by the vector step's envs")
     preset: str = _field("none", "a named set of flags applied before the given ones (see config.json for what "
                          "it set): rainbow = c51 + double + dueling + 3-step + prioritized (add --noisy for "
                          "noisy nets)",

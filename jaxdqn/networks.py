@@ -34,9 +34,9 @@ class NoisyDense(nn.Module):
     evaluation) the layer uses the means. mu is initialised U(-1/sqrt(p), 1/sqrt(p)) and sigma to
     sigma_0 / sqrt(p), for p inputs.
 
-    From the `NOISE_PER_EXAMPLE` stream instead, every example of the batch gets its own e_in and e_out, for
-    the price of one draw: x w = x mu_w + ((x * f(e_in)) sigma_w) * f(e_out), two matrix products and no
-    per-example weight matrix.
+    From the `NOISE_PER_EXAMPLE` stream instead, every example of the batch gets its own e_in and e_out:
+    x w = x mu_w + ((x * f(e_in)) sigma_w) * f(e_out), two matrix products and no per-example weight matrix,
+    but batch x (inputs + features) normal draws instead of inputs + features.
     """
 
     features: int
