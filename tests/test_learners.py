@@ -77,6 +77,7 @@ def test_qrdqn_targets_are_the_greedy_next_actions_quantiles():
     assert float(expected) > 0.0
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")  # rlax's and TFP's own
 def test_losses_and_projection_match_rlax_on_the_same_inputs():
     """rlax (DeepMind's RL building blocks) on random batches: its categorical L2 projection, its categorical
     (double) Q-learning cross-entropy and its quantile (double) Q-learning loss with Huber threshold 1 against
