@@ -274,8 +274,15 @@ def trainer(config):
 
 def trainer_flags(args) -> dict[str, Any]:
     """The TrainConfig fields that the benchmark's own flags set for every trainer it builds."""
+    from jaxdqn.config import PRESETS
+
     flags = {"fused_acting": False} if args.no_fused_acting else {}
-    return flags | ({"fused_update": False} if args.no_fused_update else {})
+    flags |= {"fused_update": False} if args.no_fused_update else {}
+    if args.learner == "rainbow":  # jaxdqn.train's --preset rainbow
+        flags |= PRESETS["rainbow"] | {"preset": "rainbow"}
+    elif args.learner != "dqn":
+        flags["learner"] = args.learner
+    return flags
 
 
 def updates_per_iteration(phase: str, config) -> float:
@@ -403,7 +410,9 @@ def _mib(value: int | None) -> str:
 def markdown(report: dict) -> str:
     info, settings, classic = report["machine"], report["settings"], report.get("classic")
     rows = report["sizes"]
-    lines = [f"# Throughput on {info['machine']}: {settings['env']}", "",
+    learner = settings.get("learner", "dqn")
+    title = f"# Throughput on {info['machine']}: {settings['env']}" + (f", {learner}" if learner != "dqn" else "")
+    lines = [title, "",
              ("" if info["platform"] == "cpu" else
               f"{info['device_kind']} ({info['platform']}, driver {info['driver'] or 'n/a'}); ")
              + f"CPU {info['cpu']}, {info['cpu_count']} cores; JAX {info['jax']}; {info['date']}.",
@@ -538,6 +547,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="CartPole-v1",
                         help="environment name, as jaxdqn.train's --env (default: %(default)s)")
+    parser.add_argument("--learner", default="dqn", choices=("dqn", "c51", "qrdqn", "rainbow"),
+                        help="the learner, as jaxdqn.train's --learner (rainbow: --preset rainbow); the fused GPU "
+                             "kernels are dqn's only, the others run XLA's (default: %(default)s)")
     parser.add_argument("--num_envs", default=None, metavar="LOW:HIGH",
                         help="every power of two from LOW to HIGH (both powers of two) "
                              f"(default: {DEFAULT_RANGE['gpu']} on a GPU, {DEFAULT_RANGE['cpu']} on a CPU)")
@@ -627,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(args.machine),
         "note": args.note,
         "command": shlex.join([Path(sys.executable).name, "-m", "benchmarks.throughput", *(argv or sys.argv[1:])]),
-        "settings": {"env": env_name, "num_envs": sizes, "default_num_envs": default_num_envs,
+        "settings": {"env": env_name, "learner": args.learner, "num_envs": sizes, "default_num_envs": default_num_envs,
                      "iterations": args.iterations, "fusion_check": args.fusion_check,
                      "min_seconds": args.min_seconds, "repeats": args.repeats,
                      "min_buffer_rows": args.min_buffer_rows, "compare_steps": args.compare_steps,

@@ -72,6 +72,20 @@ def test_tiny_sweep_writes_every_field(tiny_sweep):
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 
+def test_another_learner_is_measured_through_the_same_phases(tmp_path):
+    """QR-DQN's trainer in every phase (XLA's kernels: the fused ones are DQN's), named in the report."""
+    out = tmp_path / "qrdqn"
+    result = run_benchmark("--learner", "qrdqn", "--num_envs", "64:64", "--iterations", "2", "--min_seconds", "0.1",
+                           "--repeats", "1", "--classic_steps", "0", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["settings"]["learner"] == "qrdqn" and report["settings"]["trainer_defaults"]["learner"] == "qrdqn"
+    phases = report["sizes"][0]["phases"]
+    assert all(phases[name]["status"] == "ok" for name in ("env", "act", "learn", "train", "train_1x128"))
+    assert out.with_suffix(".md").read_text().startswith("# Throughput on ") and ": CartPole-v1, qrdqn" in \
+        out.with_suffix(".md").read_text().splitlines()[0]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--num_envs", "100:4096"], "powers of two"),
     (["--num_envs", "256-4096"], "LOW:HIGH"),
