@@ -26,6 +26,7 @@ import dataclasses
 import importlib
 import math
 import re
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -139,11 +140,15 @@ class WandbWriter:
     def __init__(self, project: str, log_dir: Path, config: Mapping[str, Any]):
         import wandb
 
+        folder = log_dir / "wandb"
+        existed = folder.exists()
         try:
             # console="off": W&B leaves stdout and stderr (the progress bar, the summary line) alone.
             self._run = wandb.init(project=project, dir=str(log_dir), name=log_dir.name, config=dict(config),
                                    settings=wandb.Settings(console="off", quiet=True, disable_git=True))
         except Exception as error:  # noqa: BLE001  (W&B's own errors: not logged in, no network, ...)
+            if not existed:  # a start that failed leaves none of W&B's files behind
+                shutil.rmtree(folder, ignore_errors=True)
             raise ConfigError(f"--wandb {project}: W&B did not start: {one_line(error)} (WANDB_MODE=offline "
                               f"logs without an account or a network)") from None
 

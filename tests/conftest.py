@@ -66,3 +66,4 @@ def small_config():
         return TrainConfig(**values).validate()
 
     return make
+

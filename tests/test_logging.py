@@ -15,6 +15,7 @@ import math
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +224,21 @@ def test_the_learning_curve_is_a_panel_of_return_loss_and_epsilon(tmp_path, monk
     plot_learning_curve([dict(row, loss=0.5 + 0.1 * index) for index, row in enumerate(rows)], tmp_path / "narrow.png",
                         "CartPole-v1", None)
     assert saved[1].axes[1].get_yscale() == "linear"  # a loss within a decade reads better on a linear scale
+
+
+def test_a_wandb_start_that_fails_leaves_none_of_its_files_in_an_existing_log_folder(tmp_path, monkeypatch):
+    """A log folder that outlives the failed run (a resume's) keeps what it held, and gets no `wandb/`."""
+    import wandb
+
+    from jaxdqn.errors import ConfigError
+    from jaxdqn.loggers import WandbWriter
+
+    def failing_init(dir, **_):  # as W&B does: its folder is made, then the start fails
+        (Path(dir) / "wandb" / "run-1").mkdir(parents=True)
+        raise wandb.errors.UsageError("No API key configured.")
+
+    monkeypatch.setattr(wandb, "init", failing_init)
+    (tmp_path / "metrics.csv").write_text("kept\n")
+    with pytest.raises(ConfigError, match="--wandb project: W&B did not start: No API key configured"):
+        WandbWriter("project", tmp_path, {})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.csv"]
