@@ -66,4 +66,3 @@ def small_config():
         return TrainConfig(**values).validate()
 
     return make
-
