@@ -151,7 +151,9 @@ def make_config(env_name: str, num_envs: int, iterations: int, min_buffer_rows: 
     from jaxdqn.config import build_config
     from jaxdqn.registry import get_spec
 
-    base = build_config({}, get_spec(env_name))
+    # The learner and a preset are set through build_config, which applies a preset's flags.
+    base = build_config({key: overrides.pop(key) for key in ("learner", "preset") if key in overrides},
+                        get_spec(env_name))
     values = {"num_envs": num_envs, "learning_starts": 0, "chunk_steps": iterations * num_envs,
               "total_steps": iterations * num_envs, "eval_frequency": iterations * num_envs, "num_devices": 1,
               "buffer_size": max(base.buffer_size, min_buffer_rows * num_envs)}
@@ -274,15 +276,9 @@ def trainer(config):
 
 def trainer_flags(args) -> dict[str, Any]:
     """The TrainConfig fields that the benchmark's own flags set for every trainer it builds."""
-    from jaxdqn.config import PRESETS
-
     flags = {"fused_acting": False} if args.no_fused_acting else {}
     flags |= {"fused_update": False} if args.no_fused_update else {}
-    if args.learner == "rainbow":  # jaxdqn.train's --preset rainbow
-        flags |= PRESETS["rainbow"] | {"preset": "rainbow"}
-    elif args.learner != "dqn":
-        flags["learner"] = args.learner
-    return flags
+    return flags | ({"preset": "rainbow"} if args.learner == "rainbow" else {"learner": args.learner})
 
 
 def updates_per_iteration(phase: str, config) -> float:

@@ -57,6 +57,7 @@ class NoisyDense(nn.Module):
         mu_bias = self.param("mu_bias", uniform, (self.features,))
         sigma_kernel = self.param("sigma_kernel", constant(self.sigma_0 / jnp.sqrt(inputs)), (inputs, self.features))
         sigma_bias = self.param("sigma_bias", constant(self.sigma_0 / jnp.sqrt(inputs)), (self.features,))
+
         def scaled(key, shape):
             noise = jax.random.normal(key, shape)
             return jnp.sign(noise) * jnp.sqrt(jnp.abs(noise))
