@@ -34,6 +34,12 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def cheap_compile_env(devices: int | None = None, **extra: str) -> dict[str, str]:
+    """`subprocess_env` whose XLA compiles with CHEAP_COMPILE, on `devices` CPU devices if given."""
+    flags = CHEAP_COMPILE if devices is None else f"--xla_force_host_platform_device_count={devices} {CHEAP_COMPILE}"
+    return subprocess_env(XLA_FLAGS=flags, **extra)
+
+
 def make_trainer(config, kernels: str | None = None, platform: str | None = None):
     """A one-device `jaxdqn.agent.Trainer` for `config`, with the env and the learner `jaxdqn.train` would pick.
 

@@ -19,7 +19,7 @@ from jaxdqn.envs.taxi import DROPOFF, EAST, Taxi, decode
 from jaxdqn.check_port import PortError, check_port, port_steps
 from jaxdqn.registry import ConfigError
 from tests import bugged_ports
-from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
+from tests.conftest import ROOT, cheap_compile_env
 
 SEED = 1  # its first delivery is in episode 14, so a delivery bug is found late
 REFERENCE = "gymnasium:Taxi-v4"
@@ -134,7 +134,7 @@ def test_bad_names_are_config_errors():
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "jaxdqn.check_port", *args], cwd=ROOT,
-                          env=subprocess_env(XLA_FLAGS=CHEAP_COMPILE), capture_output=True, text=True, timeout=120)
+                          env=cheap_compile_env(), capture_output=True, text=True, timeout=120)
 
 
 def test_cli_exits_0_on_a_match():

@@ -27,7 +27,7 @@ import pytest
 
 from jaxdqn import checkpoint
 from jaxdqn.registry import ConfigError
-from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
+from tests.conftest import CHEAP_COMPILE, ROOT, cheap_compile_env, subprocess_env
 
 # 16 envs x 4 vector steps = 64 env steps per chunk; 64 chunks.
 TINY = ["--env", "cartpole", "--num_envs", "16", "--hidden_sizes", "16", "--chunk_steps", "64",
@@ -373,7 +373,7 @@ def test_sigkill_mid_run_then_resume_finishes_like_the_uninterrupted_run(referen
     directory, log_dir = tmp_path / "ckpt", tmp_path / "log"
     command = [sys.executable, "-m", "jaxdqn.train", *TINY, "--log_dir", str(log_dir), "--save_model", str(directory),
                "--checkpoint_frequency", "1", "--save_buffer", "--compile_cache", str(cache_dir)]
-    process = subprocess.Popen(command, cwd=ROOT, env=subprocess_env(XLA_FLAGS=CHEAP_COMPILE),
+    process = subprocess.Popen(command, cwd=ROOT, env=cheap_compile_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 600  # the first checkpoint, however loaded the machine

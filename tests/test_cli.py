@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from jaxdqn.train import main
-from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
+from tests.conftest import ROOT, cheap_compile_env, subprocess_env
 
 TINY = ["--num_envs", "16", "--total_steps", "256", "--buffer_size", "256", "--batch_size", "32",
         "--updates_per_step", "2", "--learning_starts", "64", "--chunk_steps", "64", "--eval_frequency", "128",
@@ -26,7 +26,7 @@ def cli_run(tmp_path_factory):
         [sys.executable, "-m", "jaxdqn.train", "--environment", "CartPole-v1", "--lr", "1e-3", "--gamma", "0.98",
          "--eps", "0.9", "--min_eps", "0.1", "--max_grad_norm", "5", "--target_update_frequency", "4",
          "--n_workers", "1", *TINY, "--log_dir", str(log_dir)],
-        cwd=ROOT, env=subprocess_env(XLA_FLAGS=CHEAP_COMPILE), capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=cheap_compile_env(), capture_output=True, text=True, timeout=300,
     )
     return result, log_dir
 

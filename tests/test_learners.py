@@ -272,7 +272,7 @@ def test_distributional_learners_train_two_agents_on_two_devices(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
+    from tests.conftest import ROOT, cheap_compile_env
 
     for name, flags in [("qrdqn", ["--learner", "qrdqn"]), ("rainbow", ["--preset", "rainbow"])]:
         log_dir = tmp_path / name
@@ -282,8 +282,7 @@ def test_distributional_learners_train_two_agents_on_two_devices(tmp_path):
              "--learning_starts", "128", "--eval_frequency", "1024", "--eval_episodes", "4", "--hidden_sizes", "16",
              "--num_seeds", "2", "--num_devices", "2", "--no_compile_cache", "--quiet", "--log_dir", str(log_dir)],
             cwd=ROOT, capture_output=True, text=True, timeout=600,
-            env=subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {CHEAP_COMPILE}",
-                               JAX_PLATFORMS="cpu"))
+            env=cheap_compile_env(2, JAX_PLATFORMS="cpu"))
         assert result.returncode == 0, result.stderr[-2000:]
         summary = json.loads((log_dir / "summary.json").read_text())
         assert len(summary["agents"]) == 2 and summary["num_devices"] == 2

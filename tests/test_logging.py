@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from jaxdqn.loggers import ChunkStats, chunk_scalars
-from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
+from tests.conftest import ROOT, cheap_compile_env
 from tests.test_cli import TINY
 
 EXTRAS = {"tensorboard": ("tensorboardX", "tensorboard"), "wandb": ("wandb",)}
@@ -97,7 +97,7 @@ def logged_run(tmp_path_factory):
         pytest.skip("neither the tensorboard nor the wandb extra is installed")
     log_dir = tmp_path_factory.mktemp("logged") / "run"
     result = subprocess.run([sys.executable, "-m", "jaxdqn", "train", *TINY, "--quiet", *flags, "--log_dir",
-                             str(log_dir)], cwd=ROOT, env=subprocess_env(WANDB_MODE="offline", XLA_FLAGS=CHEAP_COMPILE),
+                             str(log_dir)], cwd=ROOT, env=cheap_compile_env(WANDB_MODE="offline"),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1].startswith("CartPole-v1: eval return"), result.stdout

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
+from tests.conftest import CHEAP_COMPILE, ROOT, cheap_compile_env, subprocess_env
 
 FOUR_DEVICES = f"--xla_force_host_platform_device_count=4 {CHEAP_COMPILE}"
 
@@ -130,7 +130,7 @@ def test_two_processes_of_two_devices_train_as_one_process_of_four(tmp_path):
              "--hidden_sizes", "16", "--learning_starts", "64", "--updates_per_step", "2", "--quiet"]
     distributed = ["--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", "2",
                    "--compile_cache", str(tmp_path / "cache"), "--log_dir", str(tmp_path / "run")]
-    two_devices = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {CHEAP_COMPILE}")
+    two_devices = cheap_compile_env(2)
     workers = [subprocess.Popen([sys.executable, "-m", "jaxdqn.train", *flags, *distributed, "--process_id",
                                  str(index)], cwd=ROOT, env=two_devices, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)

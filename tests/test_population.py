@@ -13,7 +13,7 @@ import pytest
 from jaxdqn import parallel, population
 from jaxdqn.errors import ConfigError
 from jaxdqn.train import build_program, main
-from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
+from tests.conftest import ROOT, cheap_compile_env
 from tests.test_cli import TINY
 
 
@@ -51,7 +51,7 @@ def test_seeds_differ_and_are_the_separate_runs(small_config):
 def test_cli_writes_per_seed_results_and_the_ranked_sweep_table(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "jaxdqn.train", *TINY, "--num_seeds", "2", "--sweep", "tau=0.05,1", "--quiet",
-         "--log_dir", str(tmp_path)], cwd=ROOT, env=subprocess_env(XLA_FLAGS=CHEAP_COMPILE), capture_output=True,
+         "--log_dir", str(tmp_path)], cwd=ROOT, env=cheap_compile_env(), capture_output=True,
         text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -6,14 +6,14 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
+from tests.conftest import ROOT, cheap_compile_env
 
 
 def test_cliffwalking_port_trains_to_its_threshold_through_the_cli(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "jaxdqn.train", "--env", "cliffwalking", "--until_solved", "--quiet",
          "--no_compile_cache", "--log_dir", str(tmp_path)],
-        cwd=ROOT, env=subprocess_env(XLA_FLAGS=CHEAP_COMPILE), capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=cheap_compile_env(), capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -19,7 +19,7 @@ import pytest
 from jaxdqn import program_cache
 from jaxdqn.agent import Trainer
 from jaxdqn.train import build_program, train
-from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
+from tests.conftest import ROOT, cheap_compile_env, subprocess_env
 
 
 @pytest.fixture(autouse=True)
@@ -198,7 +198,7 @@ def _train(tmp_path, name, *flags, cache="cache", background=False):
     """`python -m jaxdqn.train` with the tiny config, JAX's cache and this cache in `tmp_path/cache`."""
     command = [sys.executable, "-m", "jaxdqn.train", *TINY, "--compile_cache", str(tmp_path / cache),
                "--log_dir", str(tmp_path / "logs" / name), *map(str, flags)]
-    env = subprocess_env(XLA_FLAGS=CHEAP_COMPILE)
+    env = cheap_compile_env()
     if background:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -241,7 +241,7 @@ def test_programs_loaded_on_four_devices_keep_their_devices(tmp_path):
                "--learning_starts", "64", "--eval_frequency", "128", "--eval_episodes", "8", "--quiet",
                "--compile_cache", str(tmp_path / "cache")]
     summaries = []
-    four_devices = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {CHEAP_COMPILE}")
+    four_devices = cheap_compile_env(4)
     for run_index in range(2):
         log_dir = tmp_path / f"run{run_index}"
         result = subprocess.run([*command, "--log_dir", str(log_dir)], cwd=ROOT, capture_output=True, text=True,

@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
+from tests.conftest import ROOT, cheap_compile_env
 from tests.test_cli import TINY
 
 
@@ -49,7 +49,7 @@ def test_quality_table_end_to_end(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.quality", "--envs", "CartPole-v1", "Pendulum-v1", "--seeds", "2",
          "--out", str(out), "--", *TINY],
-        cwd=ROOT, env=subprocess_env(XLA_FLAGS=CHEAP_COMPILE), capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=cheap_compile_env(), capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1] == \

@@ -71,13 +71,13 @@ def test_benchmark_runs_end_to_end_on_two_cpu_devices(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
+    from tests.conftest import ROOT, cheap_compile_env
 
     out = tmp_path / "scaling"
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.scaling", "--devices", "1", "2", "--weak_envs", "64", "--strong_envs", "64",
          "--iterations", "64", "--no_solve", "--out", str(out)],
-        cwd=ROOT, env=subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {CHEAP_COMPILE}"),
+        cwd=ROOT, env=cheap_compile_env(2),
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.with_suffix(".json").read_text())

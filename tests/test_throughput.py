@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.conftest import CHEAP_COMPILE, ROOT, subprocess_env
+from tests.conftest import ROOT, cheap_compile_env
 
 
 PHASE_FIELDS = {"status", "env_steps_per_s", "updates_per_s", "us_per_iteration", "compile_s", "calls_per_round",
@@ -22,7 +22,7 @@ PHASE_FIELDS = {"status", "env_steps_per_s", "updates_per_s", "us_per_iteration"
 
 def run_benchmark(*flags: str, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "benchmarks.throughput", *flags], cwd=ROOT,
-                          env=subprocess_env(XLA_FLAGS=CHEAP_COMPILE), check=False, capture_output=True, text=True,
+                          env=cheap_compile_env(), check=False, capture_output=True, text=True,
                           timeout=timeout)
 
 
