@@ -18,7 +18,24 @@ if str(ROOT) not in sys.path:
 # (XLA reads the flags when JAX's CPU backend starts, after this); a subprocess gets the user's own XLA_FLAGS
 # unless it asks for these (`subprocess_env(XLA_FLAGS=CHEAP_COMPILE)`), so the README's command, the stored
 # bit-for-bit reference and the CartPole solve through the CLI still run with XLA's defaults.
-CHEAP_COMPILE = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
+
+
+def _xla_has_cpu_fusion_emitters_flag() -> bool:
+    """XLA aborts the process on an XLA_FLAGS entry it does not know; jaxlib 0.11 no longer knows
+    `--xla_cpu_use_fusion_emitters` (seen on a GPU machine with jaxlib 0.11.2)."""
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("jaxlib").split(".")[:2])
+    return (major, minor) < (0, 11)
+
+
+NO_FUSION_EMITTERS = "--xla_cpu_use_fusion_emitters=false" if _xla_has_cpu_fusion_emitters_flag() else ""
+CHEAP_COMPILE = f"--xla_backend_optimization_level=1 {NO_FUSION_EMITTERS}".strip()
+# Cheaper still, for runs that only need to compile and take a few steps (tests/test_suites.py, test_gymnax_envs.py):
+# the same settings at optimization level 0, as XLA_FLAGS and as `compile(compiler_options=...)`.
+FAST_COMPILE = f"--xla_backend_optimization_level=0 {NO_FUSION_EMITTERS}".strip()
+FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0,
+                        **({"xla_cpu_use_fusion_emitters": False} if NO_FUSION_EMITTERS else {})}
 USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")
 os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS or ''} {CHEAP_COMPILE}".strip()
 

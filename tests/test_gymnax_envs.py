@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 from jaxdqn.registry import gymnax, spaces  # gymnax as jaxdqn imports it, and its spaces
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import FAST_COMPILE, ROOT, subprocess_env
 
 # gymnax downloads MNIST for this env. It passes if it trains (the download worked, or the data is in
 # /tmp/mnist already) or if, the download failing (no internet, as on the machines this was written on),
@@ -74,10 +74,9 @@ def test_every_discrete_gymnax_env_trains_on_two_devices_and_each_observation_ki
     assert {kinds[name] for name in ONE_DEVICE} == set(kinds.values()), "a kind of observation without a 1-device run"
     # Compiling is nearly all of this test's time: XLA's CPU backend with its optimization off and without
     # its MLIR fusion emitters compiles these programs in about 40% of the default's CPU time.
-    flags = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
     runs = {}
     for devices, ids in ((2, names), (1, list(ONE_DEVICE))):
-        env = subprocess_env(XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}",
+        env = subprocess_env(XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count={devices}",
                              JAX_PLATFORMS="cpu")
         command = [sys.executable, "-c", RUN_ENVS, str(devices), str(tmp_path / str(devices)), *ids]
         runs[devices] = (ids, subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -18,10 +18,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import FAST_COMPILE, FAST_COMPILE_OPTIONS, ROOT, subprocess_env
 
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
-FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 # The ids each suite trains through the CLI (Jumanji's Minesweeper has a 10 x 10 multi-discrete action space).
 CLI_IDS = {
@@ -64,7 +62,7 @@ def cli_runs(tmp_path_factory):
     """Trains every installed suite's CLI_IDS in one subprocess: `(log root, {name: [exit code, stderr]})`."""
     log_root = tmp_path_factory.mktemp("suites")
     names = [name for suite in sorted(INSTALLED) for name in CLI_IDS[suite]]
-    env = subprocess_env(XLA_FLAGS=FAST_COMPILE_FLAGS, JAX_PLATFORMS="cpu")
+    env = subprocess_env(XLA_FLAGS=FAST_COMPILE, JAX_PLATFORMS="cpu")
     process = subprocess.run([sys.executable, "-c", TRAIN_EACH, str(log_root), *names], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=900)
     assert process.returncode == 0, process.stderr[-3000:]
