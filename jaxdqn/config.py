@@ -55,7 +55,9 @@ class TrainConfig:
     # Replay and learning.
     buffer_size: int = _field(262_144, "replay capacity in transitions (global; a multiple of num_envs "
                               "is kept)", original=True)
-    batch_size: int = _field(256, "transitions per gradient update (global)", original=True)
+    batch_size: int = _field(256, "transitions per gradient update (global); by default larger beyond 16,384 "
+                             "envs, so that a vector step makes at most 128 updates (1,024 at 65,536 envs)",
+                             original=True)
     replay_ratio: float = _field(2.0, "transitions sampled for learning per env step (batch_size x updates / env "
                                  "steps): the same learning per env step at every num_envs; sets the gradient "
                                  "updates per vector step, replay_ratio x num_envs / batch_size rounded (below one: "
@@ -336,6 +338,13 @@ class TrainConfig:
 # learning (6 of 10 seeds solved CartPole there; benchmarks/results/scale_cartpole_h200_budget3m.md).
 MIN_VECTOR_STEPS = 256
 
+# By default a vector step makes at most this many gradient updates; with more envs the batch grows instead
+# (replay_ratio x num_envs / 128, in multiples of 256: 1,024 at 65,536 envs). A vector step's updates all
+# sample the buffer as it was before the step, while the envs act with the parameters from before them: 512
+# updates of 256 per vector step at 65,536 envs left CartPole-v1 solved on 7 of 10 seeds at the end, 128 of
+# 1,024 on 16 of 16 (two calls on one H200; benchmarks/results/minatar_screen_h200/).
+MAX_DEFAULT_VECTOR_STEP_UPDATES = 128
+
 # Named sets of flags (`--preset`), applied after the env's defaults and before the given flags.
 # Rainbow (Hessel et al. 2018): C51 with double targets, dueling heads, 3-step returns and prioritized
 # replay (alpha 0.5, beta 0.4 annealed to 1), exploring epsilon-greedily: with thousands of envs sharing
@@ -368,6 +377,14 @@ def build_config(flags: dict[str, Any], spec: EnvSpec, base: TrainConfig | None 
             values["total_steps"] = total_steps
             if "eps_decay_steps" not in given and "eps_decay_steps" not in spec.defaults:
                 values["eps_decay_steps"] = defaults.eps_decay_steps * total_steps // defaults.total_steps
+    if base is None and not {"batch_size", "updates_per_step"} & (given.keys() | spec.defaults.keys()):
+        defaults = TrainConfig()
+        num_envs = given.get("num_envs", values.get("num_envs", defaults.num_envs))
+        replay_ratio = given.get("replay_ratio", values.get("replay_ratio", defaults.replay_ratio))
+        sampled = replay_ratio * num_envs / MAX_DEFAULT_VECTOR_STEP_UPDATES  # per update, at that many updates
+        batch_size = defaults.batch_size * max(1, math.ceil(sampled / defaults.batch_size))
+        if batch_size > defaults.batch_size:  # the batch follows num_envs beyond 16,384 envs (at replay ratio 2)
+            values["batch_size"] = batch_size
     values.update(given)
     values["env"] = spec.name
     config = TrainConfig.from_dict(values).validate()

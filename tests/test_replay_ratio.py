@@ -73,6 +73,19 @@ def test_the_default_budget_follows_num_envs_with_epsilon_decay_alike():
     assert cartpole(num_envs=16_384, total_steps=1_000_000).total_steps == 1_000_000  # a given budget stays
 
 
+def test_the_default_batch_grows_where_a_vector_step_would_make_more_than_128_updates():
+    """2 x 65,536 / 256 would be 512 updates per vector step; the default batch becomes 2 x 65,536 / 128 = 1,024
+    instead (in multiples of 256), for 128 updates of 1,024. Up to 16,384 envs it stays 256 (128 updates of 256
+    there), and a given batch size, updates_per_step or a lower replay ratio decide for themselves."""
+    for num_envs, batch_size, updates in ((4096, 256, 32), (16_384, 256, 128), (32_768, 512, 128),
+                                          (65_536, 1024, 128)):
+        config = cartpole(num_envs=num_envs)
+        assert (config.batch_size, config.vector_step_updates) == (batch_size, updates)
+    assert cartpole(num_envs=65_536, batch_size=256).vector_step_updates == 512
+    assert cartpole(num_envs=65_536, updates_per_step=4).batch_size == 256
+    assert cartpole(num_envs=65_536, replay_ratio=0.5).batch_size == 256  # 0.5 x 65,536 / 128 = 256
+
+
 @pytest.mark.parametrize("num_envs", [64, 16_384])
 def test_the_same_flags_learn_the_probe_env_at_64_and_16384_envs(num_envs):
     """TwoStep (Q(0) = gamma x 1 = 0.5, Q(1) = 1) with 65,536 env steps at either size: 64 envs learn on
