@@ -12,13 +12,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# XLA's CPU backend at optimization level 1 and without its MLIR fusion emitters: about a third less CPU time
-# for the tests' short runs, nearly all compiling (checked: 33 s against 22 s for a CartPole solve and a kernel
-# comparison). The tests check what runs compute and learn, not how fast. Every test in this process runs so
-# (XLA reads the flags when JAX's CPU backend starts, after this); a subprocess gets the user's own XLA_FLAGS
-# unless it asks for these (`subprocess_env(XLA_FLAGS=CHEAP_COMPILE)`), so the README's command, the stored
-# bit-for-bit reference and the CartPole solve through the CLI still run with XLA's defaults.
-
 
 def _xla_has_cpu_fusion_emitters_flag() -> bool:
     """XLA aborts the process on an XLA_FLAGS entry it does not know; jaxlib 0.11 no longer knows
@@ -29,6 +22,12 @@ def _xla_has_cpu_fusion_emitters_flag() -> bool:
     return (major, minor) < (0, 11)
 
 
+# XLA's CPU backend at optimization level 1 and without its MLIR fusion emitters: about a third less CPU time
+# for the tests' short runs, nearly all compiling (checked: 33 s against 22 s for a CartPole solve and a kernel
+# comparison). The tests check what runs compute and learn, not how fast. Every test in this process runs so
+# (XLA reads the flags when JAX's CPU backend starts, after this); a subprocess gets the user's own XLA_FLAGS
+# unless it asks for these (`subprocess_env(XLA_FLAGS=CHEAP_COMPILE)`), so the README's command and the
+# CartPole solve through the CLI still run with XLA's defaults. The fusion emitters' flag only where XLA knows it.
 NO_FUSION_EMITTERS = "--xla_cpu_use_fusion_emitters=false" if _xla_has_cpu_fusion_emitters_flag() else ""
 CHEAP_COMPILE = f"--xla_backend_optimization_level=1 {NO_FUSION_EMITTERS}".strip()
 # Cheaper still, for runs that only need to compile and take a few steps (tests/test_suites.py, test_gymnax_envs.py):
