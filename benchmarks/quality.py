@@ -64,6 +64,7 @@ def run_env(env: str, seeds: int, extra: list[str], scratch: Path, learner: str 
         "seeds_reached": len(solved) if "agents" in summary else None,  # reached the threshold at some evaluation
         "median_steps_to_solve": solved[len(solved) // 2] if solved else None,
         "env_steps": summary["total_steps"], "wall_s": summary["wall_s"], "train_s": summary["train_s"],
+        "compile_s": summary["compile_s"],
         "per_seed": means, "curve": log_dir / "learning_curve.png",
     }
 

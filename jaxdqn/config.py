@@ -371,17 +371,15 @@ def build_config(flags: dict[str, Any], spec: EnvSpec, base: TrainConfig | None 
         values.update(PRESETS[preset])
     if base is None and given.get("noisy", values.get("noisy")):  # noisy nets explore by themselves
         values.update(eps=0.0, min_eps=0.0)
+    defaults = TrainConfig()
+    num_envs = given.get("num_envs", values.get("num_envs", defaults.num_envs))
     if base is None and "total_steps" not in given and "total_steps" not in spec.defaults:
-        defaults = TrainConfig()
-        num_envs = given.get("num_envs", values.get("num_envs", defaults.num_envs))
         total_steps = max(defaults.total_steps, MIN_VECTOR_STEPS * num_envs)
         if total_steps > defaults.total_steps:  # the budget follows num_envs, and epsilon's decay with it
             values["total_steps"] = total_steps
             if "eps_decay_steps" not in given and "eps_decay_steps" not in spec.defaults:
                 values["eps_decay_steps"] = defaults.eps_decay_steps * total_steps // defaults.total_steps
     if base is None and not {"batch_size", "updates_per_step"} & (given.keys() | spec.defaults.keys()):
-        defaults = TrainConfig()
-        num_envs = given.get("num_envs", values.get("num_envs", defaults.num_envs))
         replay_ratio = given.get("replay_ratio", values.get("replay_ratio", defaults.replay_ratio))
         sampled = replay_ratio * num_envs / MAX_DEFAULT_VECTOR_STEP_UPDATES  # per update, at that many updates
         batch_size = defaults.batch_size * max(1, math.ceil(sampled / defaults.batch_size))

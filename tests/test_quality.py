@@ -29,7 +29,7 @@ def test_a_row_counts_the_agents_at_or_above_the_threshold(tmp_path, monkeypatch
                   {"eval_return_mean": 474.0, "steps_to_solve": None}]
         (log_dir / "summary.json").write_text(json.dumps({
             "agents": agents, "agents_eval_return_iqm": 474.5, "solved_threshold": 475.0, "device": "cpu",
-            "total_steps": 4096, "wall_s": 3.0, "train_s": 2.0}))
+            "total_steps": 4096, "wall_s": 3.0, "train_s": 2.0, "compile_s": 1.0}))
         (log_dir / "config.json").write_text(json.dumps({"env": "CartPole-v1", "num_envs": 4096, "num_seeds": 2}))
         return subprocess.CompletedProcess(command, 0, "", "")
 
@@ -40,6 +40,7 @@ def test_a_row_counts_the_agents_at_or_above_the_threshold(tmp_path, monkeypatch
     assert row["seeds"] == 2 and row["per_seed"] == [475.0, 474.0] and row["seeds_solved"] == 1
     assert row["final_return_mean"] == pytest.approx(474.5) and row["final_return_std"] == pytest.approx(0.5)
     assert row["final_return_min"] == 474.0 and row["final_return_iqm"] == 474.5 and row["env_steps"] == 4096
+    assert row["compile_s"] == 1.0
     table = quality.markdown([row])
     assert "| 474.5 ± 0.5 | 474.5 | 474.0 | 1/2 (≥ 475) |" in table
 
