@@ -49,8 +49,9 @@ class TrainConfig:
     env: str = _field("CartPole-v1", "environment name: cartpole, any gymnax id, a registered port, "
                       "or package.module:EnvClass", flags=("--environment",), original=True)
     num_envs: int = _field(4096, "environments stepped in parallel (global, split over devices)")
-    total_steps: int = _field(3_000_000, "env steps to train for (all envs together); by default at least 256 vector "
-                              "steps (more than 3M from 11,719 envs on), with eps_decay_steps scaled alike")
+    total_steps: int = _field(3_000_000, "env steps to train for (all envs together); by default the env's budget (3M; "
+                              "MinAtar 5M, MountainCar 10M) and at least 256 vector steps (more than 3M from 11,719 "
+                              "envs on), with eps_decay_steps scaled alike")
     seed: int = _field(0, "random seed (int32; evaluation uses seed + 1)")
     # Replay and learning.
     buffer_size: int = _field(262_144, "replay capacity in transitions (global; a multiple of num_envs "
@@ -65,7 +66,7 @@ class TrainConfig:
     updates_per_step: int = _field(0, "gradient updates per vector step (one vector step = num_envs env steps); "
                                    "0: from --replay_ratio")
     learning_starts: int = _field(32_768, "env steps collected before the first gradient update")
-    lr: float = _field(5e-4, "Adam learning rate", original=True)
+    lr: float = _field(5e-4, "Adam learning rate (MinAtar games: 1e-3 by default)", original=True)
     lr_anneal: bool = _field(True, "anneal the learning rate linearly to 0 over total_steps")
     gamma: float = _field(0.99, "discount factor, in (0, 1]", original=True)
     max_grad_norm: float = _field(10.0, "clip gradients to this global norm", original=True)
@@ -373,12 +374,13 @@ def build_config(flags: dict[str, Any], spec: EnvSpec, base: TrainConfig | None 
         values.update(eps=0.0, min_eps=0.0)
     defaults = TrainConfig()
     num_envs = given.get("num_envs", values.get("num_envs", defaults.num_envs))
-    if base is None and "total_steps" not in given and "total_steps" not in spec.defaults:
-        total_steps = max(defaults.total_steps, MIN_VECTOR_STEPS * num_envs)
-        if total_steps > defaults.total_steps:  # the budget follows num_envs, and epsilon's decay with it
+    if base is None and "total_steps" not in given:
+        budget = values.get("total_steps", defaults.total_steps)  # the env's own budget, else the default
+        total_steps = max(budget, MIN_VECTOR_STEPS * num_envs)
+        if total_steps > budget:  # the budget follows num_envs, and epsilon's decay with it
             values["total_steps"] = total_steps
             if "eps_decay_steps" not in given and "eps_decay_steps" not in spec.defaults:
-                values["eps_decay_steps"] = defaults.eps_decay_steps * total_steps // defaults.total_steps
+                values["eps_decay_steps"] = defaults.eps_decay_steps * total_steps // budget
     if base is None and not {"batch_size", "updates_per_step"} & (given.keys() | spec.defaults.keys()):
         replay_ratio = given.get("replay_ratio", values.get("replay_ratio", defaults.replay_ratio))
         sampled = replay_ratio * num_envs / MAX_DEFAULT_VECTOR_STEP_UPDATES  # per update, at that many updates

@@ -73,6 +73,18 @@ def test_the_default_budget_follows_num_envs_with_epsilon_decay_alike():
     assert cartpole(num_envs=16_384, total_steps=1_000_000).total_steps == 1_000_000  # a given budget stays
 
 
+def test_an_env_with_its_own_budget_keeps_it_up_to_256_vector_steps():
+    """Breakout-MinAtar's 5M env steps (and MinAtar's lr 1e-3) stand at 4,096 envs; at 65,536 envs 5M would be
+    76 vector steps, so it trains 256 x 65,536 = 16,777,216 and decays epsilon over
+    500,000 x 16,777,216 / 5M = 1,677,721 (rounded down) env steps, a tenth of the run as at 4,096 envs."""
+    breakout = get_spec("Breakout-MinAtar")
+    small = build_config({"num_envs": 4096}, breakout)
+    assert (small.total_steps, small.eps_decay_steps, small.lr) == (5_000_000, 500_000, 1e-3)
+    large = build_config({"num_envs": 65_536}, breakout)
+    assert (large.total_steps, large.eps_decay_steps) == (16_777_216, 1_677_721)
+    assert build_config({"num_envs": 65_536, "total_steps": 2_000_000}, breakout).total_steps == 2_000_000
+
+
 def test_the_default_batch_grows_where_a_vector_step_would_make_more_than_128_updates():
     """2 x 65,536 / 256 would be 512 updates per vector step; the default batch becomes 2 x 65,536 / 128 = 1,024
     instead (in multiples of 256), for 128 updates of 1,024. Up to 16,384 envs it stays 256 (128 updates of 256
