@@ -45,6 +45,7 @@ from jaxdqn.hparams import HParams
 from jaxdqn.kernels import backend as kernel_glue
 from jaxdqn.kernels import acting as acting_kernel
 from jaxdqn.learners import Learner, make_learner
+from jaxdqn.learners.base import lambda_batch
 from jaxdqn.state import (ChunkMetrics, FlatLearner, StepKeys, StepMetrics, TrainerState, all_finite,
                           flat_learner, with_learner)
 
@@ -197,6 +198,10 @@ class Trainer:
         `key`: noisy nets' noise for this update. Returns the updated learner, the loss and, with
         prioritized replay, the priority sources (else None).
         """
+        if isinstance(batch, replay.Window):  # lambda-returns: the targets from this update's networks
+            batch = lambda_batch(self.learner, unravel(learner.params), unravel(learner.target_params), batch,
+                                 self.config.td_lambda)
+
         def flat_loss(flat_params):
             return self.learner.loss_and_priorities(unravel(flat_params), unravel(learner.target_params), batch,
                                                     stacked=self.backend.stacked_networks, key=key)
@@ -237,6 +242,8 @@ class Trainer:
             rows, envs, weights = replay.sample_prioritized(buffer, key, shape, self.priority_beta(iteration), n_step)
         else:
             (rows, envs), weights = replay.sample_uniform(buffer, key, shape, n_step), None
+        if self.config.td_lambda < 1.0:  # the windows; `flat_update` makes their lambda-returns
+            return replay.gather_window(buffer, rows, envs, gamma, n_step).replace(weight=weights), (rows, envs)
         return replay.gather_batch(buffer, rows, envs, gamma, n_step).replace(weight=weights), (rows, envs)
 
     def learn(self, state: TrainerState, key: jax.Array,

@@ -20,6 +20,8 @@ Two Rainbow components (Hessel et al. 2018) live here too:
   (terminated or truncated, hence `Transition.truncated`), and bootstraps from that transition's stored
   next observation with gamma^(k+1), unless it was `terminated`. Starts are drawn only among rows
   whose n-1 successors are written: never the newest n-1 rows, whose window would cross the write head.
+  For lambda-returns (`--td_lambda` below 1) a start's window also brings every step's next observation
+  (`gather_window`); the update forms Peng's Q(lambda) return from them (`jaxdqn.losses.lambda_return`).
 - proportional prioritized replay (Schaul et al. 2016, "Prioritized Experience Replay"): slot i is drawn
   with probability P(i) = p_i / sum_j p_j, p_i = (|delta_i| + eps)^alpha, new transitions getting the
   largest priority given so far. Draws use a two-level cumulative sum recomputed from the priorities at
@@ -297,11 +299,9 @@ def gather_batch(buffer: ReplayBuffer, rows: jnp.ndarray, envs: jnp.ndarray, gam
     """The (n-step) batch that starts at slots `(rows, envs)`, any shape; see the module docstring."""
     if n_step == 1:
         return one_step(buffer.take(rows, envs), gamma)
-    steps = (rows[..., None] + jnp.arange(n_step)) % buffer.rows  # [..., n]: the window's rows
-    window = buffer.take(steps, jnp.broadcast_to(envs[..., None], steps.shape), scalars_only=True)
+    steps, window = _window(buffer, rows, envs, n_step)  # [..., n]: the window's rows
     reward, terminated = window.reward, window.terminated
-    ended = terminated | window.truncated
-    counted = (jnp.cumsum(ended, axis=-1) - ended) == 0  # no earlier step of the window ended the episode
+    counted = _counted(window)  # no earlier step of the window ended the episode
     taken = jnp.sum(counted, axis=-1)  # k: steps up to and including the first end, at most n
     last = taken - 1  # the window index of the transition bootstrapped from
     powers = gamma ** jnp.arange(n_step, dtype=jnp.float32)
@@ -315,6 +315,44 @@ def gather_batch(buffer: ReplayBuffer, rows: jnp.ndarray, envs: jnp.ndarray, gam
         next_obs=buffer.take(bootstrap_row, envs).next_obs,
         discount=gamma ** taken.astype(jnp.float32) * (1.0 - bootstrap_terminated.astype(jnp.float32)),
     )
+
+
+@struct.dataclass
+class Window:
+    """A sampled start and its n-step window, for lambda-returns (`jaxdqn.losses.lambda_return`).
+
+    `obs`, `action`: the start's; `reward`, `discount` (gamma * (1 - terminated)), `counted` (in the start's
+    episode) and `next_obs` per window step: `[..., n]` and `[..., n, *obs_shape]`.
+    """
+
+    obs: jnp.ndarray
+    action: jnp.ndarray
+    reward: jnp.ndarray
+    discount: jnp.ndarray
+    counted: jnp.ndarray
+    next_obs: jnp.ndarray
+    weight: jnp.ndarray | None = None
+
+
+def gather_window(buffer: ReplayBuffer, rows: jnp.ndarray, envs: jnp.ndarray, gamma, n_step: int) -> Window:
+    """The n-step windows that start at slots `(rows, envs)`, with every step's next observation."""
+    steps, window = _window(buffer, rows, envs, n_step)
+    start = buffer.take(rows, envs)
+    return Window(obs=start.obs, action=start.action, reward=window.reward,
+                  discount=losses.one_step_discount(window.terminated, gamma), counted=_counted(window),
+                  next_obs=buffer.take(steps, jnp.broadcast_to(envs[..., None], steps.shape)).next_obs)
+
+
+def _window(buffer: ReplayBuffer, rows: jnp.ndarray, envs: jnp.ndarray, n_step: int) -> tuple[jnp.ndarray, Transition]:
+    """The window's rows `[..., n]` and its steps' scalars (no observations)."""
+    steps = (rows[..., None] + jnp.arange(n_step)) % buffer.rows
+    return steps, buffer.take(steps, jnp.broadcast_to(envs[..., None], steps.shape), scalars_only=True)
+
+
+def _counted(window: Transition) -> jnp.ndarray:
+    """`[..., n]` bool: no earlier step of the window ended the episode (terminated or truncated)."""
+    ended = window.terminated | window.truncated
+    return (jnp.cumsum(ended, axis=-1) - ended) == 0
 
 
 def update_priorities(buffer: ReplayBuffer, rows: jnp.ndarray, envs: jnp.ndarray, td_error: jnp.ndarray,

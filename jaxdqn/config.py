@@ -78,6 +78,10 @@ class TrainConfig:
     # Rainbow-style variants (Hessel et al. 2018), all off by default and combinable.
     n_step: int = _field(1, "n-step returns (Sutton 1988): sum an env's next n rewards, then bootstrap; "
                          "stops at the episode's end (1: one-step Q-learning); at most buffer_size // num_envs")
+    td_lambda: float = _field(1.0, "lambda-returns over the n-step window (Peng's Q(lambda), Peng & Williams "
+                              "1996): each step's target weighs its bootstrap by 1 - lambda and the rest of the "
+                              "window by lambda, every value from the target network at that update; 1: the "
+                              "n-step return, 0: one step; needs --n_step > 1 and --learner dqn")
     prioritized: bool = _field(False, "proportional prioritized replay (Schaul et al. 2016)")
     priority_alpha: float = _field(0.6, "prioritized replay: priority exponent alpha, in [0, 1] "
                                    "(0: uniform sampling)")
@@ -202,6 +206,13 @@ class TrainConfig:
                               f"(--num_envs {self.num_envs})")
         if self.n_step < 1:
             raise ConfigError(f"--n_step must be >= 1, got {self.n_step}")
+        if not 0.0 <= self.td_lambda <= 1.0:
+            raise ConfigError(f"--td_lambda must be in [0, 1], got {self.td_lambda}")
+        if self.td_lambda < 1.0 and self.n_step < 2:
+            raise ConfigError(f"--td_lambda {self.td_lambda} needs --n_step > 1: the lambda-return spans the "
+                              f"n-step window")
+        if self.td_lambda < 1.0 and self.learner != "dqn":
+            raise ConfigError(f"--td_lambda runs with --learner dqn only, not {self.learner}")
         if self.n_step > self.buffer_rows:
             raise ConfigError(f"--n_step ({self.n_step}) must not exceed the buffer's {self.buffer_rows} vector "
                               f"steps (--buffer_size {self.buffer_size} // --num_envs {self.num_envs})")

@@ -62,6 +62,31 @@ def q_learning_target(
     return bootstrap_target(reward, one_step_discount(terminated, gamma), next_q_target, next_q_online)
 
 
+def lambda_return(reward: jnp.ndarray, discount: jnp.ndarray, value: jnp.ndarray, counted: jnp.ndarray,
+                  lam) -> jnp.ndarray:
+    """Peng's Q(lambda) return of one transition over its n-step window (Peng & Williams 1996), stop-gradient.
+
+    Backwards over the window, G_k = r_k + discount_k * ((1 - lam) * V_k + lam * G_{k+1}) where step k+1 is
+    still in the window and the episode, and G_k = r_k + discount_k * V_k at the window's last counted step,
+    V_k being the value of s_{k+1}; returns G_0. lam = 1 gives the n-step return, lam = 0 the one-step target.
+
+    Args:
+      reward: `[n]` rewards r_k of the window's steps.
+      discount: `[n]` gamma * (1 - terminated_k).
+      value: `[n]` value(s_{k+1}) of each step's next observation (target network, Double DQN's or max).
+      counted: `[n]` bool, step k is in step 0's episode (no earlier step of the window ended it).
+      lam: scalar lambda in [0, 1].
+    """
+    chex.assert_rank([reward, discount, value, counted], 1)
+    chex.assert_equal_shape([reward, discount, value, counted])
+    continues = jnp.append(counted[1:], False)  # step k + 1 is in the window and in the episode
+    lam = jnp.asarray(lam, jnp.float32)
+    g = jnp.float32(0.0)
+    for k in reversed(range(reward.shape[0])):  # n is small and static: unrolled
+        g = reward[k] + discount[k] * jnp.where(continues[k], (1.0 - lam) * value[k] + lam * g, value[k])
+    return jax.lax.stop_gradient(g)
+
+
 def one_step_discount(terminated: jnp.ndarray, gamma: jnp.ndarray) -> jnp.ndarray:
     """gamma * (1 - terminated): the discount of a one-step target (elementwise)."""
     return gamma * (1.0 - terminated.astype(jnp.float32))

@@ -112,7 +112,8 @@ class Backend:
 def choose(config, learner, obs_shape: tuple[int, ...], local_batch: int, platform: str | None = None,
            kernel: Path = Path.KERNEL) -> Backend:
     """The backend of a run: the kernels where the flags ask for them, the platform runs them and they
-    support the learner (a plain `jaxdqn.learners.DQN`) and its network (the default MLP); XLA elsewhere.
+    support the learner (a plain `jaxdqn.learners.DQN`, without lambda-returns for the update) and its network
+    (the default MLP); XLA elsewhere.
 
     Args:
       config: the run's TrainConfig (`fused_acting`, `fused_update`).
@@ -132,7 +133,7 @@ def choose(config, learner, obs_shape: tuple[int, ...], local_batch: int, platfo
     plain_dqn = type(learner) is DQN  # the kernels hold DQN's maths, nothing else
     acting = (kernel if runs_kernels and config.fused_acting and plain_dqn
               and acting_kernel.supports(network, obs_size) else Path.XLA)
-    update = (kernel if runs_kernels and config.fused_update and plain_dqn
+    update = (kernel if runs_kernels and config.fused_update and plain_dqn and config.td_lambda == 1.0
               and update_kernel.supports(network, obs_size, local_batch) else Path.XLA)
     return Backend(acting=acting, update=update, stacked_networks=platform == "gpu", platform=platform,
                    network=network, obs_size=obs_size)

@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdqn import losses
+from jaxdqn.buffer import Batch
 from jaxdqn.networks import NOISE, NOISE_PER_EXAMPLE
 
 
@@ -99,6 +101,23 @@ class Learner:
         if batch.weight is not None:  # prioritized replay's importance-sampling correction
             elementwise = batch.weight * elementwise
         return jnp.mean(elementwise), priorities
+
+
+def lambda_batch(learner: Learner, params, target_params, window, lam) -> Any:
+    """The batch whose target is each window's lambda-return (`jaxdqn.losses.lambda_return`), from this
+    update's networks: the target network's value (Double DQN: at the online network's greedy action) of
+    every step's next observation (noisy nets: at the noise's means). The returned batch's discount is 0, so
+    its target is that return."""
+    batch_size, n_step = window.reward.shape
+    next_obs = window.next_obs.reshape(batch_size * n_step, *window.next_obs.shape[2:])
+    next_target = learner.q_values(target_params, next_obs)
+    next_online = learner.q_values(params, next_obs) if learner.double else None
+    value = jax.vmap(losses.bootstrap_target, in_axes=(None, None, 0, 0 if learner.double else None))(
+        jnp.float32(0.0), jnp.float32(1.0), next_target, next_online)
+    returns = jax.vmap(losses.lambda_return, in_axes=(0, 0, 0, 0, None))(
+        window.reward, window.discount, value.reshape(batch_size, n_step), window.counted, lam)
+    return Batch(obs=window.obs, action=window.action, reward=returns, next_obs=window.next_obs[:, 0],
+                 discount=jnp.zeros_like(returns), weight=window.weight)
 
 
 def apply_network(network: nn.Module, params, obs: jnp.ndarray, key: jax.Array | None = None,
