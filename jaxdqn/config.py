@@ -132,7 +132,8 @@ class TrainConfig:
     chunk_steps: int = _field(131_072, "env steps per jitted chunk: one metrics row and progress update "
                               "each (rounded to whole vector steps); a chunk's random keys, 8 bytes per env "
                               "step, are drawn before it runs")
-    eval_frequency: int = _field(131_072, "env steps between greedy evaluations (rounded up to chunks)")
+    eval_frequency: int = _field(131_072, "env steps between greedy evaluations (rounded up to chunks; MinAtar games: "
+                                 "524,288 by default)")
     eval_episodes: int = _field(128, "greedy episodes per evaluation, run in parallel")
     until_solved: bool = _field(False, "stop at the first evaluation that reaches the env's threshold")
     log_dir: str | None = _field(None, "output folder; one holding an earlier run's outputs needs --overwrite "

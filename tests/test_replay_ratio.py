@@ -80,6 +80,7 @@ def test_an_env_with_its_own_budget_keeps_it_up_to_256_vector_steps():
     breakout = get_spec("Breakout-MinAtar")
     small = build_config({"num_envs": 4096}, breakout)
     assert (small.total_steps, small.eps_decay_steps, small.lr) == (5_000_000, 500_000, 1e-3)
+    assert small.eval_every_chunks == 4  # 524,288 env steps: chunks of 131,072
     large = build_config({"num_envs": 65_536}, breakout)
     assert (large.total_steps, large.eps_decay_steps) == (16_777_216, 1_677_721)
     assert build_config({"num_envs": 65_536, "total_steps": 2_000_000}, breakout).total_steps == 2_000_000
