@@ -10,6 +10,9 @@ the PNG per game plots both curves against wall-clock seconds.
 
     python -m benchmarks.minatar --games Breakout-MinAtar Seaquest-MinAtar --seeds 10 --pqn anchors/run_pqn_minatar.py
     python -m benchmarks.minatar --games Breakout-MinAtar --seeds 2 --total_steps 200000 --out /tmp/m -- --num_envs 64
+
+`--variant LABEL="FLAGS"` adds a jaxdqn run with those flags on every game (its rows and curves are named
+"jaxdqn LABEL"), so that a candidate change is measured beside the defaults and PQN in the same call.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -31,10 +35,13 @@ from jaxdqn.errors import OneLineParser
 PQN_BUDGET = 10_000_000  # env steps of PQN's published MinAtar runs
 
 
-def jaxdqn_row(game: str, seeds: int, total_steps: int, extra: list[str], scratch: Path) -> dict:
+def jaxdqn_row(game: str, seeds: int, total_steps: int, extra: list[str], scratch: Path,
+               system: str = "jaxdqn") -> dict:
     """Trains `seeds` agents on `game`; the quality table's row plus the curve [(wall s, mean greedy return)]."""
+    scratch = scratch / system.replace(" ", "_")  # a log folder per variant
+    scratch.mkdir(parents=True, exist_ok=True)
     row = run_env(game, seeds, ["--total_steps", str(total_steps), *extra], scratch)
-    row["system"] = "jaxdqn"
+    row["system"] = system
     if "error" not in row:
         with open(Path(row.pop("curve")).parent / "metrics.csv") as metrics:
             row["curve"] = [(float(r["wall_s"]), float(r["eval_return"])) for r in csv.DictReader(metrics)
@@ -89,7 +96,7 @@ def markdown(rows: list[dict], device: str) -> str:
         best = row.get("final_return_max", max(row.get("per_seed", [worst])))
         at_pqn = ""
         pqn = next((r for r in rows if r["system"] == "pqn" and r["env"] == row["env"] and "error" not in r), None)
-        if row["system"] == "jaxdqn" and pqn is not None:
+        if row["system"].startswith("jaxdqn") and pqn is not None:
             value = return_at(row["curve"], pqn["wall_s"])
             at_pqn = "no evaluation yet" if value is None else f"{value:.1f} (at {pqn['wall_s']:.0f} s)"
         lines.append(f"| {row['env']} | {row['system']} | {row['seeds']} | {row['env_steps']:,} | "
@@ -130,8 +137,25 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, metavar="PREFIX",
                         help="writes PREFIX.json, PREFIX.md and PREFIX_<game>.png (default: "
                              "benchmarks/results/minatar_<machine>)")
-    parser.add_argument("extra", nargs="*", help="more flags for jaxdqn.train, after --")
+    parser.add_argument("--variant", action="append", default=[], metavar='LABEL="FLAGS"',
+                        help='also runs jaxdqn with these flags added, as "jaxdqn LABEL" (repeatable), e.g. '
+                             '--variant lambda="--n_step 4 --td_lambda 0.65"')
+    parser.add_argument("extra", nargs="*", help="more flags for jaxdqn.train, after -- (every jaxdqn run)")
     return parser
+
+
+def parse_variants(parser: argparse.ArgumentParser, variants: list[str]) -> list[tuple[str, list[str]]]:
+    """`LABEL="FLAGS"` strings as (system name, flags)."""
+    parsed = []
+    for variant in variants:
+        label, equals, flags = variant.partition("=")
+        if not equals or not label.strip() or any(c.isspace() for c in label.strip()):
+            parser.error(f'--variant {variant!r}: expected LABEL="FLAGS", a label without spaces')
+        try:
+            parsed.append((f"jaxdqn {label.strip()}", shlex.split(flags)))
+        except ValueError as error:
+            parser.error(f"--variant {variant!r}: {error}")
+    return parsed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,14 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     checks.env_names(parser, args.games)
     if args.pqn is not None and not Path(args.pqn).is_file():
         parser.error(f"--pqn {args.pqn}: no such file")
+    variants = [("jaxdqn", [])] + parse_variants(parser, args.variant)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for game in args.games:
-            rows.append(jaxdqn_row(game, args.seeds, args.total_steps, args.extra, Path(scratch)))
+            game_rows = [jaxdqn_row(game, args.seeds, args.total_steps, [*args.extra, *flags], Path(scratch), system)
+                         for system, flags in variants]
             if args.pqn is not None:
-                rows.append(pqn_row(Path(args.pqn), game, args.seeds, args.total_steps, args.pqn_timeout))
-            for row in rows[-2 if args.pqn else -1:]:
+                game_rows.append(pqn_row(Path(args.pqn), game, args.seeds, args.total_steps, args.pqn_timeout))
+            for row in game_rows:
                 print(json.dumps({key: value for key, value in row.items() if key != "curve"}), flush=True)
+            rows += game_rows
     if all("error" in row for row in rows):
         print(markdown(rows, "unknown"))
         print(f"{parser.prog}: error: every run failed", file=sys.stderr)
