@@ -103,7 +103,7 @@ class Learner:
         return jnp.mean(elementwise), priorities
 
 
-def lambda_batch(learner: Learner, params, target_params, window, lam) -> Any:
+def lambda_batch(learner: Learner, params, target_params, window, lam) -> Batch:
     """The batch whose target is each window's lambda-return (`jaxdqn.losses.lambda_return`), from this
     update's networks: the target network's value (Double DQN: at the online network's greedy action) of
     every step's next observation (noisy nets: at the noise's means). The returned batch's discount is 0, so
