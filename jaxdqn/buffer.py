@@ -336,17 +336,18 @@ class Window:
 
 def gather_window(buffer: ReplayBuffer, rows: jnp.ndarray, envs: jnp.ndarray, gamma, n_step: int) -> Window:
     """The n-step windows that start at slots `(rows, envs)`, with every step's next observation."""
-    steps, window = _window(buffer, rows, envs, n_step)
+    _, window = _window(buffer, rows, envs, n_step, scalars_only=False)  # its scalars and next observations
     start = buffer.take(rows, envs)
     return Window(obs=start.obs, action=start.action, reward=window.reward,
                   discount=losses.one_step_discount(window.terminated, gamma), counted=_counted(window),
-                  next_obs=buffer.take(steps, jnp.broadcast_to(envs[..., None], steps.shape)).next_obs)
+                  next_obs=window.next_obs)
 
 
-def _window(buffer: ReplayBuffer, rows: jnp.ndarray, envs: jnp.ndarray, n_step: int) -> tuple[jnp.ndarray, Transition]:
-    """The window's rows `[..., n]` and its steps' scalars (no observations)."""
+def _window(buffer: ReplayBuffer, rows: jnp.ndarray, envs: jnp.ndarray, n_step: int,
+            scalars_only: bool = True) -> tuple[jnp.ndarray, Transition]:
+    """The window's rows `[..., n]` and its steps' transitions (`scalars_only`: no observations)."""
     steps = (rows[..., None] + jnp.arange(n_step)) % buffer.rows
-    return steps, buffer.take(steps, jnp.broadcast_to(envs[..., None], steps.shape), scalars_only=True)
+    return steps, buffer.take(steps, jnp.broadcast_to(envs[..., None], steps.shape), scalars_only=scalars_only)
 
 
 def _counted(window: Transition) -> jnp.ndarray:

@@ -33,13 +33,17 @@ def bootstrap_target(
       next_q_target: `[num_actions]` target-network Q-values at the bootstrap observation s'.
       next_q_online: `[num_actions]` online-network Q-values at s' (Double DQN), or None.
     """
-    chex.assert_rank([reward, discount, next_q_target], [0, 0, 1])
+    chex.assert_rank([reward, discount], [0, 0])
+    return reward + discount * jax.lax.stop_gradient(bootstrap_value(next_q_target, next_q_online))
+
+
+def bootstrap_value(next_q_target: jnp.ndarray, next_q_online: jnp.ndarray | None = None) -> jnp.ndarray:
+    """value(s') of one observation: max_a Q_target(s', a), or Double DQN's Q_target(s', argmax_a Q_online(s', a))."""
+    chex.assert_rank(next_q_target, 1)
     if next_q_online is None:
-        next_value = jnp.max(next_q_target)
-    else:
-        chex.assert_equal_shape([next_q_target, next_q_online])
-        next_value = next_q_target[jnp.argmax(next_q_online)]
-    return reward + discount * jax.lax.stop_gradient(next_value)
+        return jnp.max(next_q_target)
+    chex.assert_equal_shape([next_q_target, next_q_online])
+    return next_q_target[jnp.argmax(next_q_online)]
 
 
 def q_learning_target(

@@ -112,8 +112,7 @@ def lambda_batch(learner: Learner, params, target_params, window, lam) -> Batch:
     next_obs = window.next_obs.reshape(batch_size * n_step, *window.next_obs.shape[2:])
     next_target = learner.q_values(target_params, next_obs)
     next_online = learner.q_values(params, next_obs) if learner.double else None
-    value = jax.vmap(losses.bootstrap_target, in_axes=(None, None, 0, 0 if learner.double else None))(
-        jnp.float32(0.0), jnp.float32(1.0), next_target, next_online)
+    value = jax.vmap(losses.bootstrap_value, in_axes=(0, 0 if learner.double else None))(next_target, next_online)
     returns = jax.vmap(losses.lambda_return, in_axes=(0, 0, 0, 0, None))(
         window.reward, window.discount, value.reshape(batch_size, n_step), window.counted, lam)
     return Batch(obs=window.obs, action=window.action, reward=returns, next_obs=window.next_obs[:, 0],
