@@ -109,7 +109,7 @@ SOLVED_THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "MountainCar-v0
 # share one set: 5M env steps, the budget of the MinAtar paper's DQN (Young & Tian 2019); lr 1e-3, which
 # learned Breakout and Seaquest better than 5e-4 (benchmarks/results/minatar_vs_pqn_h200/); and a greedy
 # evaluation every 524,288 env steps (4 chunks), 10 in 5M and 20 in 10M as PQN's MinAtar runner makes: their
-# long episodes made the default 131,072 cost Seaquest-MinAtar 25 s of an 82 s run.
+# long episodes made the default 131,072 cost Seaquest-MinAtar 25 s of an 82 s run on one H200.
 MINATAR_DEFAULTS: dict[str, Any] = {"total_steps": 5_000_000, "lr": 1e-3, "eval_frequency": 524_288}
 GYMNAX_DEFAULTS: dict[str, dict[str, Any]] = {
     "MountainCar-v0": {"total_steps": 10_000_000},
