@@ -169,13 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for game in args.games:
-            game_rows = [jaxdqn_row(game, args.seeds, args.total_steps, [*args.extra, *flags], Path(scratch), system)
-                         for system, flags in variants]
+            runs = [lambda system=system, flags=flags: jaxdqn_row(game, args.seeds, args.total_steps,
+                                                                  [*args.extra, *flags], Path(scratch), system)
+                    for system, flags in variants]
             if args.pqn is not None:
-                game_rows.append(pqn_row(Path(args.pqn), game, args.seeds, args.total_steps, args.pqn_timeout))
-            for row in game_rows:
-                print(json.dumps({key: value for key, value in row.items() if key != "curve"}), flush=True)
-            rows += game_rows
+                runs.append(lambda: pqn_row(Path(args.pqn), game, args.seeds, args.total_steps, args.pqn_timeout))
+            for run in runs:  # each row is printed as it finishes, so a run cut short keeps what it had
+                row = run()
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     if all("error" in row for row in rows):
         print(markdown(rows, "unknown"))
         print(f"{parser.prog}: error: every run failed", file=sys.stderr)
