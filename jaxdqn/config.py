@@ -400,6 +400,9 @@ def build_config(flags: dict[str, Any], spec: EnvSpec, base: TrainConfig | None 
         if batch_size > defaults.batch_size:  # the batch follows num_envs beyond 16,384 envs (at replay ratio 2)
             values["batch_size"] = batch_size
     values.update(given)
+    if base is None and "td_lambda" not in given and values.get("td_lambda", 1.0) < 1.0 and (
+            values.get("learner", "dqn") != "dqn" or values.get("n_step", 1) < 2):
+        values["td_lambda"] = 1.0  # an env's lambda default serves n-step DQN only: others take plain returns
     values["env"] = spec.name
     config = TrainConfig.from_dict(values).validate()
     # A run must learn something (`TrainConfig.validate` alone allows it: tests step the acting alone).

@@ -110,7 +110,8 @@ SOLVED_THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "MountainCar-v0
 # learned Breakout and Seaquest better than 5e-4 (benchmarks/results/minatar_vs_pqn_h200/); and a greedy
 # evaluation every 524,288 env steps (4 chunks), 10 in 5M and 20 in 10M as PQN's MinAtar runner makes: their
 # long episodes made the default 131,072 cost Seaquest-MinAtar 25 s of an 82 s run on one H200.
-MINATAR_DEFAULTS: dict[str, Any] = {"total_steps": 5_000_000, "lr": 1e-3, "eval_frequency": 524_288}
+MINATAR_DEFAULTS: dict[str, Any] = {"total_steps": 5_000_000, "lr": 1e-3, "eval_frequency": 524_288,
+                                    "n_step": 4, "td_lambda": 0.65}
 GYMNAX_DEFAULTS: dict[str, dict[str, Any]] = {
     "MountainCar-v0": {"total_steps": 10_000_000},
     **{f"{game}-MinAtar": dict(MINATAR_DEFAULTS) for game in ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")},
