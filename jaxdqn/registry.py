@@ -109,7 +109,11 @@ SOLVED_THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "MountainCar-v0
 # share one set: 5M env steps, the budget of the MinAtar paper's DQN (Young & Tian 2019); lr 1e-3, which
 # learned Breakout and Seaquest better than 5e-4 (benchmarks/results/minatar_vs_pqn_h200/); and a greedy
 # evaluation every 524,288 env steps (4 chunks), 10 in 5M and 20 in 10M as PQN's MinAtar runner makes: their
-# long episodes made the default 131,072 cost Seaquest-MinAtar 25 s of an 82 s run on one H200.
+# long episodes made the default 131,072 cost Seaquest-MinAtar 25 s of an 82 s run on one H200. And Peng's
+# Q(lambda) over 4-step windows at lambda 0.65 (PQN's lambda): on one H200, 10 seeds, 10M env steps, it lifted
+# Seaquest from 59.5 to 75.7 (PQN 68.2 in the same call) and Breakout from 72.6 to 82.7 (PQN 82.9; 82.9
+# against 74.7 in another call), for 25-32% more wall time (benchmarks/results/minatar_lambda_vs_pqn_h200/).
+# Learners without lambda-returns, and --n_step 1, take plain returns instead (`config.build_config`).
 MINATAR_DEFAULTS: dict[str, Any] = {"total_steps": 5_000_000, "lr": 1e-3, "eval_frequency": 524_288,
                                     "n_step": 4, "td_lambda": 0.65}
 GYMNAX_DEFAULTS: dict[str, dict[str, Any]] = {

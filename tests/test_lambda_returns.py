@@ -102,6 +102,22 @@ def test_impossible_lambda_settings_are_refused(flags, message):
         TrainConfig(**flags).validate()
 
 
+def test_minatars_lambda_default_gives_way_where_it_cannot_apply():
+    """MinAtar's defaults are 4-step returns at lambda 0.65 for DQN. A learner without lambda-returns (c51 given,
+    or the rainbow preset's) and one-step returns get plain returns instead of an error; a lambda the user
+    gives is still checked."""
+    breakout = get_spec("Breakout-MinAtar")
+    default = build_config({}, breakout)
+    assert (default.learner, default.n_step, default.td_lambda) == ("dqn", 4, 0.65)
+    for flags, n_step in ((dict(learner="c51"), 4), (dict(preset="rainbow"), 3), (dict(n_step=1), 1)):
+        config = build_config(flags, breakout)
+        assert (config.n_step, config.td_lambda) == (n_step, 1.0), flags
+    assert build_config(dict(td_lambda=0.9), breakout).td_lambda == 0.9
+    with pytest.raises(ConfigError, match="--td_lambda runs with --learner dqn only, not qrdqn"):
+        build_config(dict(learner="qrdqn", td_lambda=0.65), breakout)
+    assert build_config({}, get_spec("CartPole-v1")).td_lambda == 1.0
+
+
 def test_the_update_kernel_does_not_run_lambda_returns():
     config = TrainConfig(n_step=3, td_lambda=0.5, hidden_sizes=(128, 128)).validate()
     learner = DQN(network=MLPQNetwork(num_actions=2, hidden_sizes=(128, 128)))
