@@ -198,13 +198,15 @@ class Trainer:
         `key`: noisy nets' noise for this update. Returns the updated learner, the loss and, with
         prioritized replay, the priority sources (else None).
         """
-        if isinstance(batch, replay.Window):  # lambda-returns: the targets from this update's networks
+        lambda_returns = isinstance(batch, replay.Window)
+        if lambda_returns:  # the targets from this update's networks, so the loss needs no s'
             batch = lambda_batch(self.learner, unravel(learner.params), unravel(learner.target_params), batch,
                                  self.config.td_lambda)
 
         def flat_loss(flat_params):
             return self.learner.loss_and_priorities(unravel(flat_params), unravel(learner.target_params), batch,
-                                                    stacked=self.backend.stacked_networks, key=key)
+                                                    stacked=self.backend.stacked_networks, key=key,
+                                                    bootstrap=not lambda_returns)
 
         (loss, errors), grads = jax.value_and_grad(flat_loss, has_aux=True)(learner.params)
         return self.apply_gradients(learner, grads, hparams, active), loss, errors if self.config.prioritized else None

@@ -90,6 +90,13 @@ def test_a_learners_lambda_batch_at_lambda_1_has_the_n_step_target(double):
     np.testing.assert_allclose(batch.reward, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(batch.obs, n_step.obs)
     np.testing.assert_array_equal(batch.action, n_step.action)
+    # Its loss skips the networks at s' (the discount is 0): the same loss and gradients as with them.
+    for stacked in (False, True):
+        with_next, without_next = (jax.value_and_grad(
+            lambda p, bootstrap=bootstrap: learner.loss_and_priorities(p, target_params, batch, stacked=stacked,
+                                                                       bootstrap=bootstrap)[0])(params)
+            for bootstrap in (True, False))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), with_next, without_next)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -87,14 +87,16 @@ class Learner:
         raise NotImplementedError
 
     def loss_and_priorities(self, params, target_params, batch, stacked: bool = False,
-                            key: jax.Array | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+                            key: jax.Array | None = None, bootstrap: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
         """Mean loss of a batch (importance-weighted if `batch.weight` is set) and its `[batch]` priority sources.
 
         `key`: the noise of noisy nets (one draw for the online network, one for the target's).
+        `bootstrap`: False when every discount is 0 (`lambda_batch`): no network then runs at s'.
         """
         keys = tuple(jax.random.split(key)) if self.noisy and key is not None else (None, None)
         outputs, next_online, next_target = network_outputs(self.network, params, target_params, batch,
-                                                            self.double, stacked and keys[0] is None, keys)
+                                                            self.double, stacked and keys[0] is None, keys,
+                                                            bootstrap)
         per_transition = jax.vmap(self.transition_loss, in_axes=(0, 0, 0, 0, 0, 0 if self.double else None))
         elementwise, priorities = per_transition(outputs, batch.action, batch.reward, batch.discount, next_target,
                                                  next_online)
@@ -129,7 +131,7 @@ def apply_network(network: nn.Module, params, obs: jnp.ndarray, key: jax.Array |
 
 
 def network_outputs(network: nn.Module, params, target_params, batch, double: bool, stacked: bool,
-                    keys: tuple = (None, None)):
+                    keys: tuple = (None, None), bootstrap: bool = True):
     """The network's outputs at s (online), at s' (online, for Double DQN; else None) and at s' (target).
 
     `stacked`: online and target network as one network vmapped over both parameter sets (online on s,
@@ -137,9 +139,13 @@ def network_outputs(network: nn.Module, params, target_params, batch, double: bo
     normalisation kernel for both. On a GPU, where an update is a chain of small kernels whose number
     sets its time, that is faster; on a CPU the target's share of the backward pass (zeros, but
     computed) makes it slower (`jaxdqn.kernels.backend.choose`). `keys`: the online and the target
-    network's noise (noisy nets; not with `stacked`).
+    network's noise (noisy nets; not with `stacked`). Without `bootstrap` the outputs at s' are zeros.
     """
     batch_size = batch.action.shape[0]
+    if not bootstrap:  # the targets are in the batch already (discount 0): s' is not needed
+        outputs = apply_network(network, params, batch.obs, keys[0])
+        unused = jnp.zeros_like(jax.lax.stop_gradient(outputs))
+        return outputs, unused if double else None, unused
     if stacked:
         both = jax.tree.map(lambda online, target: jnp.stack([online, jax.lax.stop_gradient(target)]),
                             params, target_params)
