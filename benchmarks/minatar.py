@@ -77,6 +77,12 @@ def pqn_row(runner: Path, game: str, seeds: int, total_steps: int, timeout: floa
             "wall_s": process_s, "curve": pqn_curve(record, process_s)}
 
 
+def printed(row: dict) -> dict:
+    """Prints a run's row (curve included) as it finishes, so that a call cut short keeps the runs it had."""
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def return_at(curve: list[tuple[float, float]], wall_s: float) -> float | None:
     """The last evaluation's return at or before `wall_s` seconds (None if none came that early)."""
     reached = [value for seconds, value in curve if seconds <= wall_s]
@@ -169,15 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for game in args.games:
-            runs = [lambda system=system, flags=flags: jaxdqn_row(game, args.seeds, args.total_steps,
-                                                                  [*args.extra, *flags], Path(scratch), system)
-                    for system, flags in variants]
+            for system, flags in variants:
+                rows.append(printed(jaxdqn_row(game, args.seeds, args.total_steps, [*args.extra, *flags],
+                                               Path(scratch), system)))
             if args.pqn is not None:
-                runs.append(lambda: pqn_row(Path(args.pqn), game, args.seeds, args.total_steps, args.pqn_timeout))
-            for run in runs:  # each row is printed as it finishes, so a run cut short keeps what it had
-                row = run()
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+                rows.append(printed(pqn_row(Path(args.pqn), game, args.seeds, args.total_steps, args.pqn_timeout)))
     if all("error" in row for row in rows):
         print(markdown(rows, "unknown"))
         print(f"{parser.prog}: error: every run failed", file=sys.stderr)

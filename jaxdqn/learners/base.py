@@ -144,7 +144,7 @@ def network_outputs(network: nn.Module, params, target_params, batch, double: bo
     batch_size = batch.action.shape[0]
     if not bootstrap:  # the targets are in the batch already (discount 0): s' is not needed
         outputs = apply_network(network, params, batch.obs, keys[0])
-        unused = jnp.zeros_like(jax.lax.stop_gradient(outputs))
+        unused = jnp.zeros_like(outputs)  # a constant: no gradient flows through it
         return outputs, unused if double else None, unused
     if stacked:
         both = jax.tree.map(lambda online, target: jnp.stack([online, jax.lax.stop_gradient(target)]),
