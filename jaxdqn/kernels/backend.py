@@ -112,7 +112,7 @@ class Backend:
 def choose(config, learner, obs_shape: tuple[int, ...], local_batch: int, platform: str | None = None,
            kernel: Path = Path.KERNEL) -> Backend:
     """The backend of a run: the kernels where the flags ask for them, the platform runs them and they
-    support the learner (a plain `jaxdqn.learners.DQN`, without lambda-returns for the update) and its network
+    support the learner (a plain `jaxdqn.learners.DQN`; lambda-returns included) and its network
     (the default MLP); XLA elsewhere.
 
     Args:
@@ -133,7 +133,7 @@ def choose(config, learner, obs_shape: tuple[int, ...], local_batch: int, platfo
     plain_dqn = type(learner) is DQN  # the kernels hold DQN's maths, nothing else
     acting = (kernel if runs_kernels and config.fused_acting and plain_dqn
               and acting_kernel.supports(network, obs_size) else Path.XLA)
-    update = (kernel if runs_kernels and config.fused_update and plain_dqn and config.td_lambda == 1.0
+    update = (kernel if runs_kernels and config.fused_update and plain_dqn
               and update_kernel.supports(network, obs_size, local_batch) else Path.XLA)
     return Backend(acting=acting, update=update, stacked_networks=platform == "gpu", platform=platform,
                    network=network, obs_size=obs_size)
@@ -166,7 +166,7 @@ def fused_updates(trainer: "Trainer", learner: FlatLearner, batches, hparams, ac
         params, target_params, mu, nu, losses, errors = carry
         partial_grads, losses, errors = update_kernel.loss_and_gradient(
             layout, params, target_params, kernel_batches, index, losses, errors, batch_size,
-            trainer.learner.double, trainer.learner.loss, interpret=interpret)
+            trainer.learner.double, trainer.learner.loss, config.td_lambda, interpret=interpret)
         if trainer.collective_axis is not None and config.sync == "grads":  # one all-reduce of one vector
             partial_grads = jax.lax.pmean(jnp.sum(partial_grads, axis=0, keepdims=True), trainer.collective_axis)
         params, target_params, mu, nu = update_kernel.adam_step(partial_grads, scalars, index, params,

@@ -10,7 +10,9 @@ is almost all kernel launches and round trips through GPU memory (measurements: 
 
 Here one kernel (`loss_and_gradient`) does all of it: each kernel instance takes a block of 16
 transitions through the three forward passes in registers, computes the targets, the TD errors, the
-loss and its gradient, and writes its block's share of the gradient. Then `adam_step` runs two more:
+loss and its gradient, and writes its block's share of the gradient. With lambda-returns (Peng's Q(lambda)
+over n-step windows) the forward passes at s' run once per step of the window, and the return is
+worked out backwards over them, from this update's networks as `jaxdqn.learners.base.lambda_batch` does. Then `adam_step` runs two more:
 one sums the shares (and the squares of each chunk of the sum), one clips by the global norm, applies
 Adam and updates the target network, in place. The optimizer's scalars (learning rate, bias
 corrections, whether the target update is due) come in as a table with a row per update, worked out
@@ -40,6 +42,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton
 
+from jaxdqn.buffer import Window
 from jaxdqn.kernels.acting import LAYER_NORM_EPSILON, MAX_WIDTH, padded_size, whole_block
 from jaxdqn.networks import MLPQNetwork
 
@@ -165,8 +168,11 @@ def _index_tree(params):
                                         for offset, leaf in zip(offsets, leaves)])
 
 
-def _make_kernel(layout: SlabLayout, batch_size: int, block_rows: int, double: bool, loss: str, weighted: bool):
-    """The body of `loss_and_gradient`: one instance per block of `block_rows` transitions of the batch."""
+def _make_kernel(layout: SlabLayout, batch_size: int, block_rows: int, double: bool, loss: str, weighted: bool,
+                 window: tuple[int, float] | None):
+    """The body of `loss_and_gradient`: one instance per block of `block_rows` transitions of the batch.
+
+    `window`: `(n, lam)` for lambda-returns over n-step windows (`kernel_batches` of a `Window`), else None."""
     network = layout.network
     hidden, output = network.layers()
     width, num_actions, action_rows = layout.width, network.num_actions, layout.action_rows
@@ -203,29 +209,43 @@ def _make_kernel(layout: SlabLayout, batch_size: int, block_rows: int, double: b
         return q, saved
 
     def kernel(params_ref, target_ref, obs_ref, next_obs_ref, action_ref, reward_ref, discount_ref, weight_ref,
-               index_ref, _losses, _errors, grad_ref, loss_ref, error_ref):
+               *refs):
+        counted_ref, (index_ref, _losses, _errors, grad_ref, loss_ref, error_ref) = (
+            (refs[0], refs[1:]) if window else (None, refs))
         loaded.clear()  # values of an earlier trace of this kernel are not this one's
         columns = jnp.arange(width)[None, :]
         update = index_ref[0]
         start = update * batch_size + pl.program_id(0) * block_rows
         rows = pl.ds(start, block_rows)
-        obs, next_obs = obs_ref[rows, :], next_obs_ref[rows, :]
         action = action_ref[rows]
         action_columns = jnp.arange(action_rows)[None, :]
         real = action_columns < num_actions
 
-        # Targets y = reward + discount * value(s'), value from the target network (Double DQN: at
-        # the online network's greedy action).
-        next_q_target, _ = forward(target_ref, next_obs, keep=False)
-        if double:
+        def bootstrap_value(next_obs):
+            """The target network's value of s' (Double DQN: at the online network's greedy action)."""
+            next_q_target, _ = forward(target_ref, next_obs, keep=False)
+            if not double:
+                return jnp.max(jnp.where(real, next_q_target, -jnp.inf), axis=1)
             next_q_online, _ = forward(params_ref, next_obs, keep=False)
             best = jnp.argmax(jnp.where(real, next_q_online, -jnp.inf), axis=1)
-            next_value = jnp.sum(jnp.where(action_columns == best[:, None], next_q_target, 0.0), axis=1)
-        else:
-            next_value = jnp.max(jnp.where(real, next_q_target, -jnp.inf), axis=1)
-        target = reward_ref[rows] + discount_ref[rows] * next_value
+            return jnp.sum(jnp.where(action_columns == best[:, None], next_q_target, 0.0), axis=1)
 
-        q, saved = forward(params_ref, obs, keep=True)
+        if window is None:  # y = reward + discount * value(s')
+            target = reward_ref[rows] + discount_ref[rows] * bootstrap_value(next_obs_ref[rows, :])
+        else:  # Peng's Q(lambda) backwards over the window, as `jaxdqn.losses.lambda_return`
+            n_step, lam = window
+
+            def step_rows(k):  # the window's step k of this block: `kernel_batches` puts the steps first
+                return pl.ds((update * n_step + k) * batch_size + pl.program_id(0) * block_rows, block_rows)
+
+            target = None
+            for k in reversed(range(n_step)):
+                value = bootstrap_value(next_obs_ref[step_rows(k), :])
+                if target is not None:  # step k + 1 in the episode: mix in its return
+                    value = jnp.where(counted_ref[step_rows(k + 1)] > 0.0, (1.0 - lam) * value + lam * target, value)
+                target = reward_ref[step_rows(k)] + discount_ref[step_rows(k)] * value
+
+        q, saved = forward(params_ref, obs_ref[rows, :], keep=True)
         chosen = action_columns == action[:, None]
         error = target - jnp.sum(jnp.where(chosen, q, 0.0), axis=1)
         if loss == "huber":  # optax.huber_loss with delta 1 and its derivative
@@ -276,18 +296,20 @@ def _make_kernel(layout: SlabLayout, batch_size: int, block_rows: int, double: b
 
 def loss_and_gradient(layout: SlabLayout, params: jnp.ndarray, target_params: jnp.ndarray, batches, index,
                       losses: jnp.ndarray, errors: jnp.ndarray, batch_size: int, double: bool, loss: str,
-                      interpret: bool = False):
+                      td_lambda: float = 1.0, interpret: bool = False):
     """The TD loss of one batch, its gradient and its TD errors, in one kernel.
 
     Args:
       layout: the network's `SlabLayout`.
       params, target_params: flat slabs `[rows * width]` of the online and target networks.
-      batches: a `jaxdqn.buffer.Batch` of all the updates' batches one after another (leaves
-        `[num_updates * batch_size, ...]`), observations already `[.., obs_rows]` float32 (`kernel_batches`).
+      batches: all the updates' batches as `kernel_batches` lays them out: a `jaxdqn.buffer.Batch` (targets
+        reward + discount * value(s')), or a `jaxdqn.buffer.Window` (lambda-returns over its n steps, with
+        this update's networks, as `jaxdqn.learners.base.lambda_batch`).
       index: int32 `[1]`, the update: its batch is rows `index * batch_size` onwards.
       losses: `[num_updates * blocks]`; the update's blocks' shares of the mean loss are written in place.
       errors: `[num_updates * batch_size]`; the update's TD errors are written in place.
       batch_size: rows of one batch; the loss is their mean.
+      td_lambda: a `Window`'s lambda.
       interpret: run the kernel in the Pallas interpreter (any backend; for tests).
 
     Returns:
@@ -300,19 +322,21 @@ def loss_and_gradient(layout: SlabLayout, params: jnp.ndarray, target_params: jn
     slab_shape = (layout.rows, layout.width)
     weighted = batches.weight is not None
     weight = batches.weight if weighted else batches.reward  # not read when unweighted
+    window = (batches.reward.size // batches.action.size, float(td_lambda)) if isinstance(batches, Window) else None
     inputs = [params.reshape(slab_shape), target_params.reshape(slab_shape), batches.obs, batches.next_obs,
-              batches.action, batches.reward, batches.discount, weight, index, losses, errors]
+              batches.action, batches.reward, batches.discount, weight, *([batches.counted] if window else []),
+              index, losses, errors]
     # Under shard_map the outputs vary over the devices exactly as the batches do.
     output = lambda operand: jax.ShapeDtypeStruct(operand.shape, jnp.float32,  # noqa: E731
                                                   manual_axis_type=jax.typeof(batches.obs).manual_axis_type)
     gradients, losses, errors = pl.pallas_call(
-        _make_kernel(layout, batch_size, block_rows, double, loss, weighted),
+        _make_kernel(layout, batch_size, block_rows, double, loss, weighted, window),
         out_shape=[output(jax.ShapeDtypeStruct((blocks, *slab_shape), jnp.float32)), output(losses), output(errors)],
         grid=(blocks,),
         in_specs=list(map(whole_block, inputs)),
         out_specs=[pl.BlockSpec((None, *slab_shape), lambda block: (block, 0, 0)), whole_block(losses),
                    whole_block(errors)],
-        input_output_aliases={9: 1, 10: 2},
+        input_output_aliases={len(inputs) - 2: 1, len(inputs) - 1: 2},  # losses and errors, in place
         interpret=interpret,
         compiler_params=triton.CompilerParams(num_warps=num_warps),
         name="dqn_loss_and_gradient",
@@ -322,12 +346,26 @@ def loss_and_gradient(layout: SlabLayout, params: jnp.ndarray, target_params: jn
 
 def kernel_batches(batches, obs_rows: int):
     """Several updates' batches (leaves `[num_batches, batch_size, ...]`) as the kernel reads them:
-    leaves `[num_batches * batch_size, ...]`, observations float32 padded to `obs_rows` columns."""
+    leaves `[num_batches * batch_size, ...]`, observations float32 padded to `obs_rows` columns.
+
+    A `Window`'s per-step leaves (`[num_batches, batch_size, n, ...]`) go steps first, `[num_batches, n,
+    batch_size]` flattened, so that each step of a block of the batch is a block of rows; `counted` as
+    float32."""
     def observations(obs):
         obs = obs.astype(jnp.float32).reshape(obs.shape[0] * obs.shape[1], -1)
         return jnp.pad(obs, ((0, 0), (0, obs_rows - obs.shape[1])))
 
+    def steps_first(leaf):  # [batches, batch, n, ...] -> [batches * n, batch, ...]
+        leaf = jnp.swapaxes(leaf, 1, 2)
+        return leaf.reshape(leaf.shape[0] * leaf.shape[1], *leaf.shape[2:])
+
     flat = lambda leaf: None if leaf is None else leaf.reshape(-1)  # noqa: E731
+    if isinstance(batches, Window):
+        return batches.replace(obs=observations(batches.obs), next_obs=observations(steps_first(batches.next_obs)),
+                               action=flat(batches.action), reward=flat(steps_first(batches.reward)),
+                               discount=flat(steps_first(batches.discount)),
+                               counted=flat(steps_first(batches.counted.astype(jnp.float32))),
+                               weight=flat(batches.weight))
     return batches.replace(obs=observations(batches.obs), next_obs=observations(batches.next_obs),
                            action=flat(batches.action), reward=flat(batches.reward),
                            discount=flat(batches.discount), weight=flat(batches.weight))
