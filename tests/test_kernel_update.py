@@ -111,9 +111,9 @@ def test_lambda_returns_loss_gradient_and_errors_match_jax_grad():
     flat, flat_target = (jax.flatten_util.ravel_pytree(tree)[0] for tree in (params, target_params))
     blocks = batch_size // update_kernel.block_shape(batch_size)[0]
     run = jax.jit(lambda p, t, b, index, losses, errors: update_kernel.loss_and_gradient(
-        layout, p, t, b, index, losses, errors, batch_size, double, loss, lam, interpret=True))
+        layout, p, t, b, index, losses, errors, batch_size, double, loss, interpret=True))
     partial_gradients, all_losses, all_errors = run(
-        layout.to_slab(flat), layout.to_slab(flat_target), update_kernel.kernel_batches(windows, layout.obs_rows),
+        layout.to_slab(flat), layout.to_slab(flat_target), update_kernel.kernel_batches(windows, layout.obs_rows, lam),
         jnp.array([which], jnp.int32), jnp.zeros(num_batches * blocks), jnp.zeros(num_batches * batch_size))
     value = jnp.sum(all_losses.reshape(num_batches, blocks)[which])
     errors = all_errors.reshape(num_batches, batch_size)[which]

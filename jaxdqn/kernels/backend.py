@@ -158,7 +158,7 @@ def fused_updates(trainer: "Trainer", learner: FlatLearner, batches, hparams, ac
 
     if not in_slab:
         learner = jax.tree.map(layout.leaf_to_slab, learner)
-    kernel_batches = update_kernel.kernel_batches(batches, layout.obs_rows)
+    kernel_batches = update_kernel.kernel_batches(batches, layout.obs_rows, config.td_lambda)
     scalars, opt_state = optimizer_schedule(trainer, learner, hparams, active)
     adam = opt_state[1].inner_state[0]
 
@@ -166,7 +166,7 @@ def fused_updates(trainer: "Trainer", learner: FlatLearner, batches, hparams, ac
         params, target_params, mu, nu, losses, errors = carry
         partial_grads, losses, errors = update_kernel.loss_and_gradient(
             layout, params, target_params, kernel_batches, index, losses, errors, batch_size,
-            trainer.learner.double, trainer.learner.loss, config.td_lambda, interpret=interpret)
+            trainer.learner.double, trainer.learner.loss, interpret=interpret)
         if trainer.collective_axis is not None and config.sync == "grads":  # one all-reduce of one vector
             partial_grads = jax.lax.pmean(jnp.sum(partial_grads, axis=0, keepdims=True), trainer.collective_axis)
         params, target_params, mu, nu = update_kernel.adam_step(partial_grads, scalars, index, params,
