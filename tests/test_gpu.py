@@ -56,8 +56,7 @@ def test_compiled_acting_kernel_takes_the_greedy_actions_of_the_network(small_co
     np.testing.assert_array_equal(np.asarray(kernel_actions)[clear], np.asarray(jnp.argmax(q, axis=-1))[clear])
 
 
-@pytest.mark.parametrize("overrides", [{}, {"prioritized": True, "loss": "mse", "double": False},
-                                       {"n_step": 4, "td_lambda": 0.65}])
+@pytest.mark.parametrize("overrides", [{}, {"prioritized": True, "loss": "mse", "double": False}])
 def test_compiled_update_kernel_learns_what_xla_learns(small_config, overrides):
     """A chunk of train steps with both kernels (slab layout inside the chunk) and with XLA's path: the
     same learner after them (greedy acting, so both paths store the same transitions)."""
@@ -71,8 +70,7 @@ def test_compiled_update_kernel_learns_what_xla_learns(small_config, overrides):
         state, metrics = jax.jit(lambda state: trainer.run_chunk(state, num_iterations=6))(state)
         results[fused] = state, metrics
     (kernel, kernel_metrics), (xla, xla_metrics) = results[True], results[False]
-    # Learning starts once max(2, n_step) steps are stored (n-step windows need n).
-    assert int(kernel.updates) == int(xla.updates) == (6 - max(2, config.n_step)) * config.updates_per_step
+    assert int(kernel.updates) == int(xla.updates) == 4 * config.updates_per_step
     assert_close_trees(kernel.params, xla.params)
     assert_close_trees(kernel.target_params, xla.target_params)
     np.testing.assert_allclose(float(kernel_metrics.loss), float(xla_metrics.loss), rtol=1e-3)

@@ -10,9 +10,7 @@ import pytest
 
 from jaxdqn import losses
 from jaxdqn.kernels import update as update_kernel
-from jaxdqn.buffer import Batch, Window
-from jaxdqn.learners import DQN
-from jaxdqn.learners.base import lambda_batch
+from jaxdqn.buffer import Batch
 from jaxdqn.networks import MinAtarQNetwork, MLPQNetwork
 from tests.conftest import make_trainer
 
@@ -88,48 +86,6 @@ def test_loss_gradient_and_errors_match_jax_grad(hidden_sizes, layer_norm, obs_s
     np.testing.assert_array_equal(gradient, layout.to_slab(layout.from_slab(gradient)))
 
 
-def test_lambda_returns_loss_gradient_and_errors_match_jax_grad():
-    """Windows that cross episode ends and terminal steps: the kernel's lambda-returns against
-    `lambda_batch` and jax.grad of the loss on its targets (Double DQN, importance weights; max targets
-    and the squared error are in `test_training_steps_learn_the_same_with_the_kernel`)."""
-    double, loss, weighted, n_step, lam = True, "huber", True, 4, 0.3
-    network = MLPQNetwork(num_actions=3, hidden_sizes=(32, 32))
-    obs_size, batch_size, which, num_batches = 5, 32, 2, 3
-    params = network.init(jax.random.key(0), jnp.zeros((1, obs_size)))
-    target_params = jax.tree.map(lambda leaf: leaf + 0.05 * jax.random.normal(jax.random.key(9), leaf.shape), params)
-    keys = jax.random.split(jax.random.key(3), 7)
-    shape = (num_batches, batch_size, n_step)
-    ended = jax.random.uniform(keys[4], shape) < 0.25  # an episode end after this step of the window
-    counted = (jnp.cumsum(ended, axis=-1) - ended) == 0
-    windows = Window(obs=jax.random.normal(keys[0], (num_batches, batch_size, obs_size)),
-                     action=jax.random.randint(keys[1], shape[:2], 0, 3),
-                     reward=jax.random.normal(keys[2], shape), discount=0.99 * (jax.random.uniform(keys[3], shape) > 0.2),
-                     counted=counted, next_obs=jax.random.normal(keys[5], (*shape, obs_size)),
-                     weight=jax.random.uniform(keys[6], shape[:2]) if weighted else None)
-    assert 0 < int(jnp.sum(~counted)) < counted.size // 2
-    layout = update_kernel.SlabLayout(network, obs_size, params)
-    flat, flat_target = (jax.flatten_util.ravel_pytree(tree)[0] for tree in (params, target_params))
-    blocks = batch_size // update_kernel.block_shape(batch_size)[0]
-    run = jax.jit(lambda p, t, b, index, losses, errors: update_kernel.loss_and_gradient(
-        layout, p, t, b, index, losses, errors, batch_size, double, loss, interpret=True))
-    partial_gradients, all_losses, all_errors = run(
-        layout.to_slab(flat), layout.to_slab(flat_target), update_kernel.kernel_batches(windows, layout.obs_rows, lam),
-        jnp.array([which], jnp.int32), jnp.zeros(num_batches * blocks), jnp.zeros(num_batches * batch_size))
-    value = jnp.sum(all_losses.reshape(num_batches, blocks)[which])
-    errors = all_errors.reshape(num_batches, batch_size)[which]
-
-    one = jax.tree.map(lambda leaf: None if leaf is None else leaf[which], windows)
-    batch = lambda_batch(DQN(network=network, double=double, loss=loss), params, target_params, one, lam)
-    (expected_value, expected_errors), expected_gradient = _reference(network, params, target_params, batch, double,
-                                                                      loss)
-    expected_gradient = jax.flatten_util.ravel_pytree(expected_gradient)[0]
-    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
-    np.testing.assert_allclose(errors, expected_errors, rtol=1e-5, atol=1e-5)
-    scale = float(jnp.max(jnp.abs(expected_gradient)))
-    np.testing.assert_allclose(layout.from_slab(jnp.sum(partial_gradients, axis=0)), expected_gradient,
-                               atol=1e-5 * scale)
-
-
 def test_slab_layout_places_every_parameter_once():
     network = MLPQNetwork(num_actions=3, hidden_sizes=(32, 32))
     params = network.init(jax.random.key(0), jnp.zeros((1, 6)))
@@ -189,11 +145,7 @@ def test_supports():
     assert not update_kernel.supports(MinAtarQNetwork(num_actions=3), obs_size=400, batch_size=256)
 
 
-@pytest.mark.parametrize("overrides", [
-    {}, {"prioritized": True, "loss": "mse", "double": False, "lr_anneal": False},
-    {"n_step": 3, "td_lambda": 0.65},  # lambda-returns: Double DQN's values at every step of the window
-    {"n_step": 4, "td_lambda": 0.5, "prioritized": True, "loss": "mse", "double": False},
-])
+@pytest.mark.parametrize("overrides", [{}, {"prioritized": True, "loss": "mse", "double": False, "lr_anneal": False}])
 def test_training_steps_learn_the_same_with_the_kernel(small_config, overrides):
     """Train steps from one state with XLA's update and with the kernel's: the same learner after them,
     Adam's state included (and, with prioritized replay, the same priorities)."""
@@ -209,8 +161,7 @@ def test_training_steps_learn_the_same_with_the_kernel(small_config, overrides):
             state = step(state)[0]
         states[mode] = state
     xla, kernel = states[None], states["interpret"]
-    # Learning starts once max(2, n_step) steps are stored (n-step windows need n): 3, 2 or 1 steps learn.
-    assert int(kernel.updates) == int(xla.updates) == (5 - max(2, config.n_step)) * config.updates_per_step
+    assert int(kernel.updates) == int(xla.updates) == 3 * config.updates_per_step
     for name in ("params", "target_params", "opt_state"):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), getattr(xla, name),
                      getattr(kernel, name))

@@ -125,11 +125,12 @@ def test_minatars_lambda_default_gives_way_where_it_cannot_apply():
     assert build_config({}, get_spec("CartPole-v1")).td_lambda == 1.0
 
 
-def test_the_update_kernel_runs_lambda_returns_of_dqn():
+def test_the_update_kernel_does_not_run_lambda_returns():
     config = TrainConfig(n_step=3, td_lambda=0.5, hidden_sizes=(128, 128)).validate()
     learner = DQN(network=MLPQNetwork(num_actions=2, hidden_sizes=(128, 128)))
-    assert kernels.choose(config, learner, (4,), 256, kernel=kernels.Path.INTERPRET).update is kernels.Path.INTERPRET
-    assert kernels.choose(config, learner, (4,), 256, platform="cpu").update is kernels.Path.XLA
+    assert kernels.choose(config, learner, (4,), 256, kernel=kernels.Path.INTERPRET).update is kernels.Path.XLA
+    plain = TrainConfig(n_step=3, hidden_sizes=(128, 128)).validate()
+    assert kernels.choose(plain, learner, (4,), 256, kernel=kernels.Path.INTERPRET).update is kernels.Path.INTERPRET
 
 
 def test_a_run_with_lambda_returns_learns_the_probe_env():

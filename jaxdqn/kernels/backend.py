@@ -112,7 +112,7 @@ class Backend:
 def choose(config, learner, obs_shape: tuple[int, ...], local_batch: int, platform: str | None = None,
            kernel: Path = Path.KERNEL) -> Backend:
     """The backend of a run: the kernels where the flags ask for them, the platform runs them and they
-    support the learner (a plain `jaxdqn.learners.DQN`; lambda-returns included) and its network
+    support the learner (a plain `jaxdqn.learners.DQN`, without lambda-returns for the update) and its network
     (the default MLP); XLA elsewhere.
 
     Args:
@@ -133,7 +133,7 @@ def choose(config, learner, obs_shape: tuple[int, ...], local_batch: int, platfo
     plain_dqn = type(learner) is DQN  # the kernels hold DQN's maths, nothing else
     acting = (kernel if runs_kernels and config.fused_acting and plain_dqn
               and acting_kernel.supports(network, obs_size) else Path.XLA)
-    update = (kernel if runs_kernels and config.fused_update and plain_dqn
+    update = (kernel if runs_kernels and config.fused_update and plain_dqn and config.td_lambda == 1.0
               and update_kernel.supports(network, obs_size, local_batch) else Path.XLA)
     return Backend(acting=acting, update=update, stacked_networks=platform == "gpu", platform=platform,
                    network=network, obs_size=obs_size)
@@ -158,7 +158,7 @@ def fused_updates(trainer: "Trainer", learner: FlatLearner, batches, hparams, ac
 
     if not in_slab:
         learner = jax.tree.map(layout.leaf_to_slab, learner)
-    kernel_batches = update_kernel.kernel_batches(batches, layout.obs_rows, config.td_lambda)
+    kernel_batches = update_kernel.kernel_batches(batches, layout.obs_rows)
     scalars, opt_state = optimizer_schedule(trainer, learner, hparams, active)
     adam = opt_state[1].inner_state[0]
 

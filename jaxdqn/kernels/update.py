@@ -10,11 +10,7 @@ is almost all kernel launches and round trips through GPU memory (measurements: 
 
 Here one kernel (`loss_and_gradient`) does all of it: each kernel instance takes a block of 16
 transitions through the three forward passes in registers, computes the targets, the TD errors, the
-loss and its gradient, and writes its block's share of the gradient. With lambda-returns (Peng's Q(lambda)
-over n-step windows) the return is linear in the window's values at s': the coefficients come from the
-rewards, discounts and episode ends alone (`LambdaWindows`, once per vector step), and the kernel adds
-the values up in a loop over the window's steps, from this update's networks as
-`jaxdqn.learners.base.lambda_batch` does. Then `adam_step` runs two more:
+loss and its gradient, and writes its block's share of the gradient. Then `adam_step` runs two more:
 one sums the shares (and the squares of each chunk of the sum), one clips by the global norm, applies
 Adam and updates the target network, in place. The optimizer's scalars (learning rate, bias
 corrections, whether the target update is due) come in as a table with a row per update, worked out
@@ -42,10 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
-from flax import struct
 from jax.experimental.pallas import triton
 
-from jaxdqn.buffer import Window
 from jaxdqn.kernels.acting import LAYER_NORM_EPSILON, MAX_WIDTH, padded_size, whole_block
 from jaxdqn.networks import MLPQNetwork
 
@@ -171,11 +165,8 @@ def _index_tree(params):
                                         for offset, leaf in zip(offsets, leaves)])
 
 
-def _make_kernel(layout: SlabLayout, batch_size: int, block_rows: int, double: bool, loss: str, weighted: bool,
-                 n_step: int | None):
-    """The body of `loss_and_gradient`: one instance per block of `block_rows` transitions of the batch.
-
-    `n_step`: the window of lambda-returns (`LambdaWindows`), else None."""
+def _make_kernel(layout: SlabLayout, batch_size: int, block_rows: int, double: bool, loss: str, weighted: bool):
+    """The body of `loss_and_gradient`: one instance per block of `block_rows` transitions of the batch."""
     network = layout.network
     hidden, output = network.layers()
     width, num_actions, action_rows = layout.width, network.num_actions, layout.action_rows
@@ -191,14 +182,6 @@ def _make_kernel(layout: SlabLayout, batch_size: int, block_rows: int, double: b
     def dot(a, b, contract=(1, 0)):
         return jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())),
                                    preferred_element_type=jnp.float32)
-
-    def preload(ref):
-        """Reads every parameter block `forward` uses into `loaded`."""
-        for layer in hidden:
-            rows_of(ref, layer.dense, "kernel"), rows_of(ref, layer.dense, "bias")
-            if layer.norm is not None:
-                rows_of(ref, layer.norm, "scale"), rows_of(ref, layer.norm, "bias")
-        rows_of(ref, output, "kernel"), rows_of(ref, output, "bias", action_rows)
 
     def forward(ref, x, keep: bool):
         """Q-values `[block_rows, action_rows]`; with `keep`, each hidden layer's (input, x_hat, r, output)."""
@@ -224,35 +207,25 @@ def _make_kernel(layout: SlabLayout, batch_size: int, block_rows: int, double: b
         loaded.clear()  # values of an earlier trace of this kernel are not this one's
         columns = jnp.arange(width)[None, :]
         update = index_ref[0]
-        block_start = pl.program_id(0) * block_rows
-        rows = pl.ds(update * batch_size + block_start, block_rows)
+        start = update * batch_size + pl.program_id(0) * block_rows
+        rows = pl.ds(start, block_rows)
+        obs, next_obs = obs_ref[rows, :], next_obs_ref[rows, :]
         action = action_ref[rows]
         action_columns = jnp.arange(action_rows)[None, :]
         real = action_columns < num_actions
 
-        def bootstrap_value(next_obs):
-            """The target network's value of s' (Double DQN: at the online network's greedy action)."""
-            next_q_target, _ = forward(target_ref, next_obs, keep=False)
-            if not double:
-                return jnp.max(jnp.where(real, next_q_target, -jnp.inf), axis=1)
+        # Targets y = reward + discount * value(s'), value from the target network (Double DQN: at
+        # the online network's greedy action).
+        next_q_target, _ = forward(target_ref, next_obs, keep=False)
+        if double:
             next_q_online, _ = forward(params_ref, next_obs, keep=False)
             best = jnp.argmax(jnp.where(real, next_q_online, -jnp.inf), axis=1)
-            return jnp.sum(jnp.where(action_columns == best[:, None], next_q_target, 0.0), axis=1)
+            next_value = jnp.sum(jnp.where(action_columns == best[:, None], next_q_target, 0.0), axis=1)
+        else:
+            next_value = jnp.max(jnp.where(real, next_q_target, -jnp.inf), axis=1)
+        target = reward_ref[rows] + discount_ref[rows] * next_value
 
-        if n_step is None:  # y = reward + discount * value(s')
-            target = reward_ref[rows] + discount_ref[rows] * bootstrap_value(next_obs_ref[rows, :])
-        else:  # y = the rewards' share + the sum over the window of each step's weight * value(s'_k)
-            for ref in (target_ref, params_ref):  # read once, outside the loop, for the loop and after it
-                preload(ref)
-
-            def add_step(k, target):  # step k of this block: `kernel_batches` puts the window's steps first
-                step_rows = pl.ds((update * n_step + k) * batch_size + block_start, block_rows)
-                return target + discount_ref[step_rows] * bootstrap_value(next_obs_ref[step_rows, :])
-
-            # A loop, not unrolled: one copy of the forward passes keeps the kernel's compile time short.
-            target = jax.lax.fori_loop(0, n_step, add_step, reward_ref[rows])
-
-        q, saved = forward(params_ref, obs_ref[rows, :], keep=True)
+        q, saved = forward(params_ref, obs, keep=True)
         chosen = action_columns == action[:, None]
         error = target - jnp.sum(jnp.where(chosen, q, 0.0), axis=1)
         if loss == "huber":  # optax.huber_loss with delta 1 and its derivative
@@ -309,8 +282,8 @@ def loss_and_gradient(layout: SlabLayout, params: jnp.ndarray, target_params: jn
     Args:
       layout: the network's `SlabLayout`.
       params, target_params: flat slabs `[rows * width]` of the online and target networks.
-      batches: all the updates' batches as `kernel_batches` lays them out: a `jaxdqn.buffer.Batch` (targets
-        reward + discount * value(s')), or `LambdaWindows` (lambda-returns over n-step windows).
+      batches: a `jaxdqn.buffer.Batch` of all the updates' batches one after another (leaves
+        `[num_updates * batch_size, ...]`), observations already `[.., obs_rows]` float32 (`kernel_batches`).
       index: int32 `[1]`, the update: its batch is rows `index * batch_size` onwards.
       losses: `[num_updates * blocks]`; the update's blocks' shares of the mean loss are written in place.
       errors: `[num_updates * batch_size]`; the update's TD errors are written in place.
@@ -327,15 +300,13 @@ def loss_and_gradient(layout: SlabLayout, params: jnp.ndarray, target_params: jn
     slab_shape = (layout.rows, layout.width)
     weighted = batches.weight is not None
     weight = batches.weight if weighted else batches.reward  # not read when unweighted
-    n_step = batches.value_weight.size // batches.action.size if isinstance(batches, LambdaWindows) else None
-    discount = batches.value_weight if n_step else batches.discount
     inputs = [params.reshape(slab_shape), target_params.reshape(slab_shape), batches.obs, batches.next_obs,
-              batches.action, batches.reward, discount, weight, index, losses, errors]
+              batches.action, batches.reward, batches.discount, weight, index, losses, errors]
     # Under shard_map the outputs vary over the devices exactly as the batches do.
     output = lambda operand: jax.ShapeDtypeStruct(operand.shape, jnp.float32,  # noqa: E731
                                                   manual_axis_type=jax.typeof(batches.obs).manual_axis_type)
     gradients, losses, errors = pl.pallas_call(
-        _make_kernel(layout, batch_size, block_rows, double, loss, weighted, n_step),
+        _make_kernel(layout, batch_size, block_rows, double, loss, weighted),
         out_shape=[output(jax.ShapeDtypeStruct((blocks, *slab_shape), jnp.float32)), output(losses), output(errors)],
         grid=(blocks,),
         in_specs=list(map(whole_block, inputs)),
@@ -349,57 +320,14 @@ def loss_and_gradient(layout: SlabLayout, params: jnp.ndarray, target_params: jn
     return gradients.reshape(blocks, -1), losses, errors
 
 
-@struct.dataclass
-class LambdaWindows:
-    """n-step windows as the kernel reads them for lambda-returns (`kernel_batches` of a `Window`).
-
-    Peng's Q(lambda) return of a window (`jaxdqn.losses.lambda_return`) is G_0 = sum_k P_k * (r_k + d_k *
-    (1 - lam * c_k) * V_k), with P_0 = 1 and P_{k+1} = P_k * d_k * lam * c_k, where d_k is step k's discount,
-    c_k whether step k + 1 is still in the window and the episode, and V_k the value of s'_k. So
-    `reward` holds sum_k P_k * r_k and `value_weight` each P_k * d_k * (1 - lam * c_k): the networks come
-    in only through V_k, which the kernel computes.
-
-    `obs`, `action`, `reward`, `weight`: `[num_batches * batch_size, ...]`; `next_obs` and `value_weight`
-    the window's steps first, `[num_batches, n, batch_size]` flattened, so that each step of a block of
-    the batch is a block of rows.
-    """
-
-    obs: jnp.ndarray
-    next_obs: jnp.ndarray
-    action: jnp.ndarray
-    reward: jnp.ndarray
-    value_weight: jnp.ndarray
-    weight: jnp.ndarray | None
-
-
-def lambda_coefficients(window: Window, lam: float) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """`LambdaWindows`' `(reward [..], value_weight [.., n])` of windows (leaves `[.., n]`)."""
-    continues = jnp.concatenate([window.counted[..., 1:], jnp.zeros_like(window.counted[..., :1])], axis=-1)
-    continues = continues.astype(jnp.float32)
-    carried = window.discount * lam * continues  # P_{k+1} / P_k
-    reach = jnp.cumprod(jnp.concatenate([jnp.ones_like(carried[..., :1]), carried[..., :-1]], axis=-1), axis=-1)
-    return (jnp.sum(reach * window.reward, axis=-1),
-            reach * window.discount * (1.0 - lam * continues))
-
-
-def kernel_batches(batches, obs_rows: int, td_lambda: float = 1.0):
+def kernel_batches(batches, obs_rows: int):
     """Several updates' batches (leaves `[num_batches, batch_size, ...]`) as the kernel reads them:
-    leaves `[num_batches * batch_size, ...]`, observations float32 padded to `obs_rows` columns; a
-    `Window` becomes `LambdaWindows` with lambda `td_lambda`."""
+    leaves `[num_batches * batch_size, ...]`, observations float32 padded to `obs_rows` columns."""
     def observations(obs):
         obs = obs.astype(jnp.float32).reshape(obs.shape[0] * obs.shape[1], -1)
         return jnp.pad(obs, ((0, 0), (0, obs_rows - obs.shape[1])))
 
-    def steps_first(leaf):  # [batches, batch, n, ...] -> [batches * n, batch, ...]
-        leaf = jnp.swapaxes(leaf, 1, 2)
-        return leaf.reshape(leaf.shape[0] * leaf.shape[1], *leaf.shape[2:])
-
     flat = lambda leaf: None if leaf is None else leaf.reshape(-1)  # noqa: E731
-    if isinstance(batches, Window):
-        reward, value_weight = lambda_coefficients(batches, td_lambda)
-        return LambdaWindows(obs=observations(batches.obs), next_obs=observations(steps_first(batches.next_obs)),
-                             action=flat(batches.action), reward=flat(reward),
-                             value_weight=flat(steps_first(value_weight)), weight=flat(batches.weight))
     return batches.replace(obs=observations(batches.obs), next_obs=observations(batches.next_obs),
                            action=flat(batches.action), reward=flat(batches.reward),
                            discount=flat(batches.discount), weight=flat(batches.weight))
