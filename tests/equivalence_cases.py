@@ -2,9 +2,9 @@
 
 `python -m tests.equivalence_cases OUT.npz` (with two host devices, as `tests/test_equivalence.py` runs
 it) trains each case below for a few chunks through `jaxdqn.train.build_program` and writes the online
-and target parameters of device 0; `tests/data/equivalence_reference.npz` holds the values of the tree
-before the learner/kernels/cli redesign (under the tests' cheaper XLA settings: tests/test_equivalence.py
-says how). A change of behaviour changes some bit of them.
+and target parameters of device 0; `tests/data/equivalence_reference_cpu*.npz` hold the values of the tree
+before the learner/kernels/cli redesign (under the tests' cheaper XLA settings, one file per kind of CPU:
+tests/test_equivalence.py says how). A change of behaviour changes some bit of them.
 """
 
 from __future__ import annotations

@@ -6,6 +6,13 @@ The reference's bits are those of one XLA: jaxlib 0.10.2's CPU backend with the 
 (`conftest.CHEAP_COMPILE`). It was first written under XLA's default settings by the tree before the
 redesign; the tree of 2026-12-03 reproduced it bit for bit under those defaults and then wrote the one
 stored now under the cheaper settings, which compile the cases in about half the CPU time.
+
+XLA's CPU code also depends on the machine's vector instructions (capping them with `--xla_cpu_max_isa`
+changes these bits), and the suite's machines come in kinds that round differently (by up to 2.4e-7
+here). So there is one reference per kind seen, each written by the same tree:
+`equivalence_reference_cpu1.npz` as above (and met again by CI on a clean clone of commit 897af12),
+`equivalence_reference_cpu2.npz` by that tree on an AMD EPYC with AVX2 and no AVX-512 (2026-12-03). The
+produced bits must equal one of them exactly; a change of behaviour changes some bit of both.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import pytest
 
 from tests.conftest import ROOT, cheap_compile_env
 
-REFERENCE = ROOT / "tests" / "data" / "equivalence_reference.npz"
+REFERENCES = sorted((ROOT / "tests" / "data").glob("equivalence_reference_cpu*.npz"))
 REFERENCE_JAXLIB = "0.10.2"
 
 
@@ -30,9 +37,14 @@ def test_parameters_bit_identical_to_reference(tmp_path):
     out = tmp_path / "params.npz"
     subprocess.run([sys.executable, "-m", "tests.equivalence_cases", str(out)], cwd=ROOT, check=True, timeout=600,
                    env=cheap_compile_env(devices=2, JAX_PLATFORMS="cpu"))
-    with np.load(REFERENCE) as reference, np.load(out) as produced:
-        assert sorted(produced.files) == sorted(reference.files)
-        differing = [name for name in reference.files
-                     if produced[name].dtype != reference[name].dtype
-                     or not np.array_equal(produced[name], reference[name])]
-    assert not differing, f"parameters differ from the reference in {differing}"
+    differing = {}  # reference -> the arrays whose bits differ from it
+    with np.load(out) as produced:
+        for path in REFERENCES:
+            with np.load(path) as reference:
+                assert sorted(produced.files) == sorted(reference.files)
+                differing[path.name] = [name for name in reference.files
+                                        if produced[name].dtype != reference[name].dtype
+                                        or not np.array_equal(produced[name], reference[name])]
+    assert len(REFERENCES) == 2
+    closest = min(differing, key=lambda name: len(differing[name]))
+    assert not differing[closest], f"parameters differ from every reference; from {closest} in {differing[closest]}"
