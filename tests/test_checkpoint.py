@@ -393,7 +393,8 @@ def test_sigkill_mid_run_then_resume_finishes_like_the_uninterrupted_run(referen
     summary = json.loads((log_dir / "summary.json").read_text())
     assert summary["total_steps"] == TOTAL_STEPS and summary["resumed_from_step"] == steps_before[-1]
     steps_after = checkpoint.complete_steps(directory)
-    assert steps_after[-1] == TOTAL_STEPS and len(steps_after) == 3  # --keep_checkpoints 3 (default)
+    # The resumed run saves only at the end (frequency 1000); --keep_checkpoints 3 (default) keeps the last three.
+    assert steps_after == sorted(steps_before + [TOTAL_STEPS])[-3:]
     assert not [path for path in directory.iterdir() if checkpoint.TMP_SUFFIX in path.name]
     assert_trees_equal(saved_state(directory, TOTAL_STEPS), saved_state(reference.checkpoints, TOTAL_STEPS))
     assert deterministic_columns(read_rows(log_dir)) == deterministic_columns(read_rows(reference.log_dir))
