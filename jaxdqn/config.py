@@ -73,7 +73,8 @@ class TrainConfig:
     target_update_frequency: int = _field(1, "gradient updates between target-network updates",
                                           original=True)
     tau: float = _field(0.05, "target update weight: 1 copies the online network, <1 is Polyak averaging")
-    loss: str = _field("huber", "TD loss: huber (the original's smooth L1) or mse", choices=("huber", "mse"))
+    loss: str = _field("huber", "TD loss: huber (the original's smooth L1) or mse (CartPole-v1 and "
+                                "Acrobot-v1: mse by default)", choices=("huber", "mse"))
     double: bool = _field(True, "Double DQN targets (van Hasselt et al. 2016)")
     # Rainbow-style variants (Hessel et al. 2018), all off by default and combinable.
     n_step: int = _field(1, "n-step returns (Sutton 1988): sum an env's next n rewards, then bootstrap; "
@@ -111,7 +112,7 @@ class TrainConfig:
                                  "jaxdqn.kernels.update.UNROLL with the fused update kernel, else 1)", cli=False)
     # Exploration.
     eps: float = _field(1.0, "initial epsilon of epsilon-greedy exploration", original=True)
-    min_eps: float = _field(0.05, "final epsilon", original=True)
+    min_eps: float = _field(0.05, "final epsilon (CartPole-v1: 0.01 by default)", original=True)
     eps_decay_steps: int = _field(500_000, "env steps over which epsilon decays linearly to min_eps")
     # Network.
     hidden_sizes: tuple[int, ...] = _field((128, 128), "hidden layer widths of the MLP Q-network, "
