@@ -112,7 +112,7 @@ class TrainConfig:
                                  "jaxdqn.kernels.update.UNROLL with the fused update kernel, else 1)", cli=False)
     # Exploration.
     eps: float = _field(1.0, "initial epsilon of epsilon-greedy exploration", original=True)
-    min_eps: float = _field(0.05, "final epsilon (CartPole-v1: 0.01 by default)", original=True)
+    min_eps: float = _field(0.05, "final epsilon", original=True)
     eps_decay_steps: int = _field(500_000, "env steps over which epsilon decays linearly to min_eps")
     # Network.
     hidden_sizes: tuple[int, ...] = _field((128, 128), "hidden layer widths of the MLP Q-network, "

@@ -86,6 +86,17 @@ def test_an_env_with_its_own_budget_keeps_it_up_to_256_vector_steps():
     assert build_config({"num_envs": 65_536, "total_steps": 2_000_000}, breakout).total_steps == 2_000_000
 
 
+def test_classic_control_takes_a_squared_td_error_unless_told_otherwise():
+    """CartPole-v1 and Acrobot-v1 default to mse at every num_envs; the other envs keep the original's huber, and a
+    given --loss wins over an env's default."""
+    for name, loss in (("CartPole-v1", "mse"), ("Acrobot-v1", "mse"), ("MountainCar-v0", "huber"),
+                       ("Breakout-MinAtar", "huber")):
+        for num_envs in (16, 65_536):
+            config = build_config({"num_envs": num_envs}, get_spec(name))
+            assert (config.loss, config.min_eps) == (loss, 0.05), (name, num_envs)
+    assert build_config({"loss": "huber"}, get_spec("cartpole")).loss == "huber"
+
+
 def test_the_default_batch_grows_where_a_vector_step_would_make_more_than_128_updates():
     """2 x 65,536 / 256 would be 512 updates per vector step; the default batch becomes 2 x 65,536 / 128 = 1,024
     instead (in multiples of 256), for 128 updates of 1,024. Up to 16,384 envs it stays 256 (128 updates of 256
